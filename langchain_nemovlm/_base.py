@@ -1,0 +1,347 @@
+"""What ``ChatNemoVLM`` and ``ChatNemoFal`` share: fields, the call flow, tools, structured output.
+
+Flow: ``_generate``/``_agenerate``/``_stream``/``_astream`` -> ``_request`` (messages ->
+turns via ``_convert._map_messages``, fields + call kwargs -> ``RequestOptions``) ->
+``self._backend`` (a core backend: NIM or fal) -> ``Reply``/``Delta`` ->
+``_convert._process_reply``/``_process_delta``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput, ModelProfile
+from langchain_core.language_models.chat_models import LangSmithParams
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from nemovlm.media import MediaPolicy
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from langchain_nemovlm._convert import (
+    _map_messages,
+    _process_delta,
+    _process_reply,
+    _response_metadata,
+)
+from nemovlm.errors import UnsupportedInputError
+from nemovlm.messages import Delta, Reply, ToolSpec, Turn
+from nemovlm.options import RequestOptions, build_options
+from nemovlm.profiles import ModelProfile as NemoProfile
+from nemovlm.profiles import get_profile
+from nemovlm.tools import normalize_tool_choice
+
+
+class _Backend(Protocol):
+    profile: NemoProfile
+
+    def complete(self, turns: Sequence[Turn], options: RequestOptions) -> Reply: ...
+    async def acomplete(self, turns: Sequence[Turn], options: RequestOptions) -> Reply: ...
+    def stream(self, turns: Sequence[Turn], options: RequestOptions) -> Iterator[Delta]: ...
+    def astream(self, turns: Sequence[Turn], options: RequestOptions) -> AsyncIterator[Delta]: ...
+
+
+class _NemoChatModel(BaseChatModel):
+    """Shared base; use ``ChatNemoVLM`` (NIM) or ``ChatNemoFal`` (fal)."""
+
+    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
+
+    model: str = Field(alias="model_name")
+    """Model id, e.g. ``nvidia/nemotron-nano-12b-v2-vl``."""
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = Field(default=None, alias="max_completion_tokens")
+    seed: int | None = None
+    stop: list[str] | None = Field(default=None, alias="stop_sequences")
+    reasoning: bool | None = None
+    """``None``: the model's default; ``True``/``False``: switched the model's own way."""
+    include_reasoning: bool = True
+    """``False`` asks the server to leave the reasoning out (DiffusionGemma, non-streaming)."""
+    timeout: float | None = 60.0
+    max_retries: int = 2
+    streaming: bool = False
+    """``invoke`` streams under the hood (so callbacks see tokens)."""
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Extra wire parameters, sent as they are after the backend's checks."""
+    allowed_media_dirs: list[Path] = Field(default_factory=list)
+    """Directories from which a bare path or ``file://`` URL inside message content may
+    be read. Empty (default): such strings are refused, since content may come from a
+    tool or a web page."""
+    downscale_images: bool = True
+    """Shrink images larger than the model can use before sending them."""
+    max_image_pixels: int | None = None
+    """Pixel budget for the downscale; ``None``: the model profile's."""
+    profile_overrides: dict[str, Any] | None = None
+    """Replace fields of the model's ``nemovlm`` profile (see ``nemovlm.profiles``)."""
+
+    _backend: Any = PrivateAttr(default=None)
+
+    # --- backend ----------------------------------------------------------------
+
+    def _make_backend(self) -> _Backend:
+        raise NotImplementedError
+
+    @property
+    def backend(self) -> _Backend:
+        if self._backend is None:
+            self._backend = self._make_backend()
+        return self._backend
+
+    @property
+    def nemo_profile(self) -> NemoProfile:
+        """The ``nemovlm`` profile in force (quirks, limits, prices)."""
+        return get_profile(self.model, self.profile_overrides)
+
+    def _media_policy(self) -> MediaPolicy:
+        return MediaPolicy(
+            allowed_dirs=tuple(Path(p) for p in self.allowed_media_dirs),
+            downscale=self.downscale_images,
+            max_image_pixels=self.max_image_pixels,
+        )
+
+    def _resolve_model_profile(self) -> ModelProfile | None:
+        p = self.nemo_profile
+        profile = ModelProfile(
+            name=p.name or p.model,
+            max_input_tokens=p.context_window,
+            text_inputs=True,
+            image_inputs=p.accepts_images,
+            image_url_inputs=p.accepts_images,
+            video_inputs=p.accepts_video,
+            image_tool_message=p.accepts_images,
+            pdf_inputs=False,
+            audio_inputs=False,
+            reasoning_output=p.can_reason,
+            text_outputs=True,
+            tool_calling=True,
+            tool_choice=True,
+            tool_call_streaming=p.tools == "native" and p.backend == "nim",
+            structured_output=True,
+        )
+        if p.max_output_tokens:
+            profile["max_output_tokens"] = p.max_output_tokens
+        return profile
+
+    # --- LangChain plumbing -----------------------------------------------------
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="nvidia",
+            ls_model_name=kwargs.get("model", self.model),
+            ls_model_type="chat",
+        )
+        temperature = kwargs.get("temperature", self.temperature)
+        if temperature is not None:
+            params["ls_temperature"] = temperature
+        max_tokens = kwargs.get("max_tokens", self.max_tokens)
+        if max_tokens is not None:
+            params["ls_max_tokens"] = max_tokens
+        stop = stop or kwargs.get("stop") or self.stop
+        if stop:
+            params["ls_stop"] = stop
+        return params
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return True
+
+    # --- request ----------------------------------------------------------------
+
+    def _options(self, stop: list[str] | None, kwargs: dict[str, Any]) -> RequestOptions:
+        model = kwargs.get("model")
+        if model is not None and model != self.model:
+            raise UnsupportedInputError(
+                f"This instance serves {self.model}; create another for {model}."
+            )
+        settings = {
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "reasoning": self.reasoning,
+            "include_reasoning": self.include_reasoning,
+            **self._extra_option_fields(),
+        }
+        overrides = dict(kwargs)
+        if "tools" in overrides:
+            overrides["tools"] = [_map_tool(t) for t in overrides["tools"]]
+        return build_options(settings, overrides, extra=self.model_kwargs, stop=stop or self.stop)
+
+    def _extra_option_fields(self) -> dict[str, Any]:
+        """Backend-specific fields that map onto ``RequestOptions``."""
+        return {}
+
+    def _request(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> tuple[list[Turn], RequestOptions]:
+        return _map_messages(messages, self._media_policy()), self._options(stop, kwargs)
+
+    # --- calls ------------------------------------------------------------------
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.streaming:
+            from langchain_core.language_models.chat_models import generate_from_stream
+
+            return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
+        turns, options = self._request(messages, stop, kwargs)
+        reply = self.backend.complete(turns, options)
+        return ChatResult(generations=[ChatGeneration(message=_process_reply(reply, self.model))])
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.streaming:
+            from langchain_core.language_models.chat_models import agenerate_from_stream
+
+            return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
+        turns, options = self._request(messages, stop, kwargs)
+        reply = await self.backend.acomplete(turns, options)
+        return ChatResult(generations=[ChatGeneration(message=_process_reply(reply, self.model))])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        turns, options = self._request(messages, stop, kwargs)
+        tail = _StreamTail(self.model)
+        for delta in self.backend.stream(turns, options):
+            chunk = tail.chunk(delta)
+            if chunk is None:
+                continue
+            if run_manager and delta.text:
+                run_manager.on_llm_new_token(delta.text, chunk=chunk)
+            yield chunk
+        yield tail.last()
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        turns, options = self._request(messages, stop, kwargs)
+        tail = _StreamTail(self.model)
+        async for delta in self.backend.astream(turns, options):
+            chunk = tail.chunk(delta)
+            if chunk is None:
+                continue
+            if run_manager and delta.text:
+                await run_manager.on_llm_new_token(delta.text, chunk=chunk)
+            yield chunk
+        yield tail.last()
+
+    # --- tools and structured output -------------------------------------------
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | bool | dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools: native OpenAI tools where the model's NIM has them, else the core's
+        prompt protocol. ``tool_choice``: ``"auto"``, ``"none"``, ``"required"``/``"any"``,
+        ``True`` (the only tool), or a tool name."""
+        formatted = [convert_to_openai_tool(t) for t in tools]
+        if tool_choice is not None:
+            kwargs["tool_choice"] = normalize_tool_choice(
+                tool_choice, tuple(_map_tool(t) for t in formatted)
+            )
+        return super().bind(tools=formatted, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type | None = None,
+        *,
+        method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """Structured output. ``json_schema`` (default): ``response_format`` where the
+        model honours it, else the core's prompt protocol; ``function_calling``: a forced
+        tool call (native or prompted)."""
+        if schema is None:
+            raise UnsupportedInputError("with_structured_output needs a schema.")
+        if method == "function_calling":
+            return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
+        is_model = isinstance(schema, type) and issubclass(schema, BaseModel)
+        tool = convert_to_openai_tool(schema)["function"]
+        json_schema = {
+            "name": tool["name"],
+            "schema": schema.model_json_schema() if is_model else tool["parameters"],  # type: ignore[union-attr]
+        }
+        if strict is not None:
+            json_schema["strict"] = strict
+        llm = self.bind(
+            json_schema=json_schema,
+            ls_structured_output_format={"kwargs": {"method": method}, "schema": tool},
+        )
+        parser: Runnable[Any, Any] = (
+            PydanticOutputParser(pydantic_object=schema) if is_model else JsonOutputParser()  # type: ignore[arg-type]
+        )
+        if not include_raw:
+            return llm | parser
+        parsed = RunnablePassthrough.assign(
+            parsed=lambda x: parser.invoke(x["raw"]), parsing_error=lambda _: None
+        ).with_fallbacks(
+            [RunnablePassthrough.assign(parsed=lambda _: None)],
+            exception_key="parsing_error",
+        )
+        return RunnableMap(raw=llm) | parsed
+
+
+class _StreamTail:
+    """Remembers what belongs on the last chunk (finish reason, model, id, metadata)."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.finish_reason: str | None = None
+        self.response_id: str | None = None
+        self.reply_model: str | None = None
+        self.metadata: dict[str, Any] = {}
+
+    def chunk(self, delta: Delta) -> ChatGenerationChunk | None:
+        self.finish_reason = delta.finish_reason or self.finish_reason
+        self.response_id = delta.response_id or self.response_id
+        self.reply_model = delta.model or self.reply_model
+        self.metadata.update(delta.metadata)
+        if not (delta.text or delta.reasoning or delta.tool_call_chunks or delta.tool_calls
+                or delta.invalid_tool_calls or delta.usage):  # fmt: skip
+            return None
+        return ChatGenerationChunk(message=_process_delta(delta))
+
+    def last(self) -> ChatGenerationChunk:
+        meta = _response_metadata(
+            self.reply_model or self.model, self.finish_reason, self.response_id, self.metadata
+        )
+        return ChatGenerationChunk(message=_process_delta(Delta(), meta))
+
+
+def _map_tool(tool: dict[str, Any]) -> ToolSpec:
+    fn = tool.get("function", tool)
+    return ToolSpec(fn["name"], fn.get("description", ""), fn.get("parameters") or {})

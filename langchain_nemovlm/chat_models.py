@@ -1,0 +1,88 @@
+"""``ChatNemoVLM``: any NIM vision-language model as a LangChain chat model."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import httpx
+from langchain_core.utils import secret_from_env
+from pydantic import Field, SecretStr
+
+from langchain_nemovlm._base import _NemoChatModel
+from nemovlm.backends.nim import NIMBackend, resolve_api_key, resolve_base_url
+
+
+class ChatNemoVLM(_NemoChatModel):
+    """A NIM vision-language model (OpenAI-compatible), with every model quirk handled.
+
+    ``base_url``: the argument, else ``NVIDIA_BASE_URL``, else NVIDIA's hosted API
+    catalog. ``api_key``: the argument, else ``NVIDIA_API_KEY`` (a local NIM needs none).
+
+    Example:
+        .. code-block:: python
+
+            from langchain_core.messages import HumanMessage
+            from langchain_nemovlm import ChatNemoVLM
+
+            llm = ChatNemoVLM(model="nvidia/nemotron-nano-12b-v2-vl",
+                              base_url="http://localhost:8000/v1", reasoning=True)
+            msg = llm.invoke([HumanMessage(content=[
+                {"type": "text", "text": "What is in this image?"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+            ])])
+            print(msg.content, msg.additional_kwargs.get("reasoning_content"))
+
+    Video (Nano 12B v2 VL, DiffusionGemma): ``{"type": "video_url", ...}`` parts or
+    standard ``{"type": "video", "url"|"base64": ...}`` blocks; sampling with
+    ``video_fps`` or ``video_num_frames`` (one of them, at most 128 frames) and
+    ``max_num_tiles``. Tools: ``bind_tools`` (native where the NIM has them, a prompt
+    protocol otherwise); ``with_structured_output``.
+    """
+
+    base_url: str | None = Field(default=None, alias="nvidia_base_url")
+    api_key: SecretStr | None = Field(
+        default_factory=secret_from_env("NVIDIA_API_KEY", default=None), alias="nvidia_api_key"
+    )
+    image_transport: Literal["parts", "img_tag"] = "parts"
+    """``img_tag`` sends images as ``<img src=...>`` in plain text (Llama Nano VL 8B)."""
+    video_fps: float | None = None
+    video_num_frames: int | None = None
+    max_num_tiles: int | None = None
+    default_headers: dict[str, str] | None = None
+    http_client: httpx.Client | None = Field(default=None, exclude=True)
+    """A client of your own (proxies, custom TLS) for sync calls."""
+    http_async_client: httpx.AsyncClient | None = Field(default=None, exclude=True)
+
+    @property
+    def _llm_type(self) -> str:
+        return "nemovlm-nim"
+
+    @property
+    def lc_secrets(self) -> dict[str, str]:
+        return {"api_key": "NVIDIA_API_KEY"}
+
+    @classmethod
+    def get_lc_namespace(cls) -> list[str]:
+        return ["langchain_nemovlm", "chat_models"]
+
+    def _make_backend(self) -> NIMBackend:
+        base_url = resolve_base_url(self.base_url)
+        return NIMBackend(
+            profile=self.nemo_profile,
+            base_url=base_url,
+            api_key=resolve_api_key(self.api_key, base_url),
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            default_headers=self.default_headers,
+            http_client=self.http_client,
+            async_http_client=self.http_async_client,
+            policy=self._media_policy(),
+        )
+
+    def _extra_option_fields(self) -> dict[str, Any]:
+        return {
+            "image_transport": self.image_transport,
+            "video_fps": self.video_fps,
+            "video_num_frames": self.video_num_frames,
+            "max_num_tiles": self.max_num_tiles,
+        }

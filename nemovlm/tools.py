@@ -1,0 +1,283 @@
+"""Tool calling: native OpenAI tools, and a prompt protocol for models without them.
+
+Native (``profile.tools == "native"``): ``_map_tool`` gives OpenAI ``tools`` entries;
+streamed argument fragments are joined by ``ToolCallAccumulator``; arguments that are
+not a JSON object become ``InvalidToolCall``s, never exceptions.
+
+Prompt protocol (``profile.tools == "prompt"``, and every fal model): the tools go into
+the system prompt as JSON between ``<tools>`` tags, with the choice in
+``<tool_choice>``; the model is asked to reply with only
+``{"tool_calls": [{"name": ..., "arguments": {...}}]}`` when it calls tools. Earlier
+calls and their results are rendered as text (``<tool_result>`` blocks in a user
+turn), so any chat model can run an agent loop. ``_process_tool_reply`` parses the
+reply back. Structured output without ``response_format`` support uses the same idea
+with a ``<json_schema>`` block.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from nemovlm.errors import UnsupportedInputError
+from nemovlm.messages import (
+    InvalidToolCall,
+    MediaPart,
+    TextPart,
+    ToolCall,
+    ToolCallChunk,
+    ToolSpec,
+    Turn,
+)
+
+_FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?```$", re.DOTALL)
+
+
+def new_tool_call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def _map_tool(spec: ToolSpec) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": spec.name,
+            "description": spec.description,
+            "parameters": spec.parameters or {"type": "object", "properties": {}},
+        },
+    }
+
+
+def _map_tool_choice(choice: str | None) -> str | dict[str, Any] | None:
+    if choice is None or choice in ("auto", "none", "required"):
+        return choice
+    return {"type": "function", "function": {"name": choice}}
+
+
+def parse_arguments(raw: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """Tool arguments as a dict; ``ValueError`` says why when they are not an object."""
+    if raw is None or raw == "":
+        return {}
+    if isinstance(raw, Mapping):
+        return dict(raw)
+    value = json.loads(raw)  # ValueError (JSONDecodeError) on bad JSON
+    if not isinstance(value, dict):
+        raise ValueError(f"tool arguments must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _process_tool_call(
+    call_id: str | None, name: str | None, raw: str | Mapping[str, Any] | None
+) -> ToolCall | InvalidToolCall:
+    text = raw if isinstance(raw, str) or raw is None else json.dumps(raw)
+    if not name:
+        return InvalidToolCall(call_id, name, text, "the tool call has no function name")
+    try:
+        args = parse_arguments(raw)
+    except ValueError as exc:
+        return InvalidToolCall(call_id, name, text, f"arguments are not valid JSON: {exc}")
+    return ToolCall(call_id or new_tool_call_id(), name, args)
+
+
+@dataclass
+class ToolCallAccumulator:
+    """Joins streamed ``ToolCallChunk``s by index; linear in the total length."""
+
+    _calls: dict[int, list[Any]] = field(default_factory=dict)
+
+    def add(self, chunk: ToolCallChunk) -> None:
+        entry = self._calls.setdefault(chunk.index, [chunk.id, chunk.name, []])
+        if chunk.id and not entry[0]:
+            entry[0] = chunk.id
+        if chunk.name and not entry[1]:
+            entry[1] = chunk.name
+        if chunk.arguments:
+            entry[2].append(chunk.arguments)
+
+    def finish(self) -> tuple[list[ToolCall], list[InvalidToolCall]]:
+        calls: list[ToolCall] = []
+        invalid: list[InvalidToolCall] = []
+        for index in sorted(self._calls):
+            call_id, name, pieces = self._calls[index]
+            result = _process_tool_call(call_id, name, "".join(pieces))
+            (calls if isinstance(result, ToolCall) else invalid).append(result)  # type: ignore[arg-type]
+        return calls, invalid
+
+
+def normalize_tool_choice(choice: Any, tools: Sequence[ToolSpec]) -> str | None:
+    """The frameworks' tool_choice spellings (``"any"``, ``True``, OpenAI dicts) ->
+    ``auto | none | required | <name>``; a name must be one of ``tools``."""
+    if choice is None or choice is False:
+        return None
+    if choice is True:
+        if len(tools) != 1:
+            raise UnsupportedInputError(
+                "tool_choice=True needs exactly one bound tool; name the tool instead."
+            )
+        return tools[0].name
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name") or choice.get("name")
+        if not name:
+            raise UnsupportedInputError(f"Cannot read a tool name from tool_choice={choice!r}.")
+        choice = name
+    if choice == "any":
+        return "required"
+    if not isinstance(choice, str):
+        raise UnsupportedInputError(f"tool_choice must be a string, bool or dict, not {choice!r}.")
+    if choice not in ("auto", "none", "required") and choice not in {t.name for t in tools}:
+        raise UnsupportedInputError(
+            f"tool_choice={choice!r} names no bound tool; bound tools: "
+            f"{[t.name for t in tools] or 'none'}."
+        )
+    return choice
+
+
+# --- prompt protocol: out ------------------------------------------------------------
+
+
+def _render_tool_prompt(tools: Sequence[ToolSpec], tool_choice: str | None) -> str:
+    described = [
+        {"name": t.name, "description": t.description, "parameters": t.parameters} for t in tools
+    ]
+    choice = tool_choice or "auto"
+    if choice == "required":
+        rule = "You must call at least one tool."
+    elif choice == "none":
+        rule = "Do not call any tool now; answer in plain text."
+    elif choice == "auto":
+        rule = "Call a tool when it helps; otherwise answer the user in plain text."
+    else:
+        rule = f"You must call the tool {choice!r}."
+    return (
+        "You can call tools. They are described by this JSON list:\n"
+        f"<tools>\n{json.dumps(described, ensure_ascii=False)}\n</tools>\n"
+        f"<tool_choice>{choice}</tool_choice>\n"
+        f"{rule}\n"
+        "To call tools, reply with only this JSON object and no other text:\n"
+        '{"tool_calls": [{"name": "<tool name>", "arguments": {<arguments as JSON>}}]}\n'
+        "Tool results come back to you inside <tool_result> blocks."
+    )
+
+
+def _render_schema_prompt(schema: Mapping[str, Any]) -> str:
+    body = schema.get("schema", schema)
+    return (
+        "Reply with only one JSON object, no prose and no code fence, that validates "
+        "against this JSON Schema:\n"
+        f"<json_schema>\n{json.dumps(body, ensure_ascii=False)}\n</json_schema>"
+    )
+
+
+def _map_prompt_protocol(
+    turns: list[Turn],
+    *,
+    tools: Sequence[ToolSpec] = (),
+    tool_choice: str | None = None,
+    json_schema: Mapping[str, Any] | None = None,
+) -> list[Turn]:
+    """Turns for a model without native tools: instructions in the system turn,
+    earlier tool calls and results as plain text."""
+    blocks = []
+    if tools:
+        blocks.append(_render_tool_prompt(tools, tool_choice))
+    if json_schema is not None:
+        blocks.append(_render_schema_prompt(json_schema))
+    out: list[Turn] = []
+    for turn in turns:
+        if turn.role == "assistant" and turn.tool_calls:
+            calls = [{"name": c.name, "arguments": c.arguments} for c in turn.tool_calls]
+            text = json.dumps({"tool_calls": calls}, ensure_ascii=False)
+            prefix = f"{turn.text}\n" if turn.text else ""
+            out.append(Turn("assistant", [TextPart(prefix + text)]))
+        elif turn.role == "tool":
+            out.append(_map_tool_result_as_user(turn))
+        else:
+            out.append(turn)
+    # Consecutive tool results become one user turn, as models expect alternation.
+    merged: list[Turn] = []
+    for turn in out:
+        if (
+            merged
+            and turn.role == "user"
+            and merged[-1].role == "user"
+            and turn.text.startswith("<tool_result")
+        ):
+            merged[-1] = Turn("user", [*merged[-1].parts, TextPart("\n"), *turn.parts])
+        else:
+            merged.append(turn)
+    if not blocks:
+        return merged
+    instructions = "\n\n".join(blocks)
+    if merged and merged[0].role == "system":
+        first = merged[0]
+        text = f"{first.text}\n\n{instructions}" if first.text else instructions
+        return [Turn("system", [TextPart(text)]), *merged[1:]]
+    return [Turn("system", [TextPart(instructions)]), *merged]
+
+
+def _map_tool_result_as_user(turn: Turn) -> Turn:
+    attrs = f' name="{turn.name}"' if turn.name else ""
+    attrs += f' id="{turn.tool_call_id}"' if turn.tool_call_id else ""
+    media: list[MediaPart] = turn.media
+    note = f"\n(The tool returned {len(media)} attached media item(s).)" if media else ""
+    text = f"<tool_result{attrs}>\n{turn.text}{note}\n</tool_result>"
+    return Turn("user", [TextPart(text), *media])
+
+
+# --- prompt protocol: in -------------------------------------------------------------
+
+
+def strip_code_fence(text: str) -> str:
+    stripped = text.strip()
+    match = _FENCE.match(stripped)
+    return match.group(1).strip() if match else stripped
+
+
+def looks_like_json_reply(head: str) -> bool | None:
+    """Whether a reply that starts with ``head`` may be a JSON tool call.
+    ``None``: too early to tell."""
+    stripped = head.lstrip()
+    if not stripped:
+        return None
+    if stripped[0] in "{`":
+        return True
+    return False
+
+
+def _process_tool_reply(
+    text: str, tools: Sequence[ToolSpec]
+) -> tuple[str, list[ToolCall], list[InvalidToolCall]]:
+    """Split a prompt-protocol reply into (text, tool calls, invalid tool calls)."""
+    body = strip_code_fence(text)
+    if not body.startswith("{"):
+        return text, [], []
+    try:
+        value = json.loads(body)
+    except ValueError as exc:
+        if '"tool_calls"' in body:
+            return text, [], [InvalidToolCall(None, None, body, f"reply is not valid JSON: {exc}")]
+        return text, [], []
+    if isinstance(value, dict) and "name" in value and "tool_calls" not in value:
+        value = {"tool_calls": [value]}  # a lone call: accept it, models do this
+    if not isinstance(value, dict) or not isinstance(value.get("tool_calls"), list):
+        return text, [], []
+    known = {t.name for t in tools}
+    calls: list[ToolCall] = []
+    invalid: list[InvalidToolCall] = []
+    for item in value["tool_calls"]:
+        if not isinstance(item, dict):
+            invalid.append(InvalidToolCall(None, None, json.dumps(item), "not a JSON object"))
+            continue
+        name = item.get("name")
+        raw = item.get("arguments", item.get("parameters"))
+        result = _process_tool_call(None, name, raw)
+        if isinstance(result, ToolCall) and known and name not in known:
+            result = InvalidToolCall(
+                result.id, name, json.dumps(result.arguments), f"no tool named {name!r}"
+            )
+        (calls if isinstance(result, ToolCall) else invalid).append(result)  # type: ignore[arg-type]
+    return ("" if calls or invalid else text), calls, invalid
