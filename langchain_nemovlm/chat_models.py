@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import httpx
 from langchain_core.utils import secret_from_env
 from pydantic import Field, SecretStr
 
@@ -49,9 +48,10 @@ class ChatNemoVLM(_NemoChatModel):
     video_num_frames: int | None = None
     max_num_tiles: int | None = None
     default_headers: dict[str, str] | None = None
-    http_client: httpx.Client | None = Field(default=None, exclude=True)
-    """A client of your own (proxies, custom TLS) for sync calls."""
-    http_async_client: httpx.AsyncClient | None = Field(default=None, exclude=True)
+    http_client: Any = Field(default=None, exclude=True)
+    """An HTTP client of your own (proxies, custom TLS) for sync calls, of the type the
+    installed ``openai`` SDK takes (``httpx.Client``; ``httpx2.Client`` with openai 3.x)."""
+    http_async_client: Any = Field(default=None, exclude=True)
 
     @property
     def _llm_type(self) -> str:

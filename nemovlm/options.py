@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 from typing import Any, Literal
 
 from nemovlm.errors import UnsupportedInputError
@@ -40,7 +39,7 @@ class RequestOptions:
     video_fps: float | None = None
     video_num_frames: int | None = None
     max_num_tiles: int | None = None
-    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    extra: Mapping[str, Any] = field(default_factory=dict)
     """Backend-specific parameters, passed through after the backend validates them."""
 
     def merged(self, **changes: Any) -> RequestOptions:

@@ -80,9 +80,7 @@ class ModelProfile:
     max_output_tokens: int | None = None
     price_per_1k_tokens: float | None = None
     """USD per 1000 tokens (input + output), when the seller publishes one."""
-    param_ranges: Mapping[str, tuple[float, float]] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    param_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     """Inclusive ranges of numeric request parameters, checked before sending."""
 
     @property
@@ -184,14 +182,13 @@ PROFILES: Mapping[str, ModelProfile] = MappingProxyType(
                 tools="prompt",
                 max_output_tokens=8192,
                 price_per_1k_tokens=0.005,
-                param_ranges=MappingProxyType(
-                    {
-                        "max_tokens": (1, 8192),
-                        "num_inference_steps": (1, 1024),
-                        "block_length": (8, 128),
-                        "threshold": (0.0, 1.0),
-                    }
-                ),
+                param_ranges={
+                    "max_tokens": (1, 8192),
+                    "num_inference_steps": (1, 1024),
+                    "inference_steps": (1, 1024),
+                    "block_length": (8, 128),
+                    "threshold": (0.0, 1.0),
+                },
             ),
             # seeds/fal-nemotron-3-nano-omni-video.md
             ModelProfile(
@@ -209,9 +206,11 @@ PROFILES: Mapping[str, ModelProfile] = MappingProxyType(
                 tools="prompt",
                 max_output_tokens=20_000,
                 price_per_1k_tokens=0.006,
-                param_ranges=MappingProxyType(
-                    {"max_tokens": (1, 20_000), "temperature": (0.0, 2.0), "top_p": (0.0, 1.0)}
-                ),
+                param_ranges={
+                    "max_tokens": (1, 20_000),
+                    "temperature": (0.0, 2.0),
+                    "top_p": (0.0, 1.0),
+                },
             ),
         )
     }

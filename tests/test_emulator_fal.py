@@ -24,6 +24,7 @@ from nemovlm.emulator.fal import (
     FalEmulator,
     start_fal_emulator,
 )
+from nemovlm.samples import make_mp4
 
 FAST = 0.01  # poll interval: the emulator is local
 
@@ -346,6 +347,40 @@ def test_omni_refuses_each_invalid_input_with_422(
     assert [(d["loc"], d["type"]) for d in detail] == [(["body", field], kind)]
 
 
+def test_omni_reads_a_video_sent_as_a_data_url(client: fal_client.SyncClient) -> None:
+    video = data_url(make_mp4(duration_s=2.0, width=64, height=48), "video/mp4")
+    output = client.subscribe(OMNI_APP, omni(video_url=video), interval=FAST)["output"]
+    assert "saw mp4 64x48, 2.0 s (data URL)" in output
+
+
+def test_omni_reads_an_uploaded_video(client: fal_client.SyncClient) -> None:
+    url = client.upload(make_mp4(duration_s=3.0, width=640, height=360), "video/mp4", "clip.mp4")
+    output = client.subscribe(OMNI_APP, omni(video_url=url), interval=FAST)["output"]
+    assert "saw mp4 640x360, 3.0 s (uploaded file clip.mp4)" in output
+
+
+def test_omni_takes_a_portrait_1080p_video(client: fal_client.SyncClient) -> None:
+    video = data_url(make_mp4(duration_s=1.0, width=1080, height=1920), "video/mp4")
+    output = client.subscribe(OMNI_APP, omni(video_url=video), interval=FAST)["output"]
+    assert "saw mp4 1080x1920" in output
+
+
+@pytest.mark.parametrize(
+    ("video", "words"),
+    [
+        (make_mp4(duration_s=121.0, width=64, height=48), "the maximum is 2 minutes"),
+        (make_mp4(duration_s=1.0, width=2560, height=1440), "the maximum is 1080p"),
+        (b"\x89PNG\r\n\x1a\n not a video", "not a readable mp4"),
+    ],
+    ids=["over 2 minutes", "above 1080p", "not an mp4"],
+)
+def test_omni_refuses_a_video_it_cannot_take(
+    client: fal_client.SyncClient, video: bytes, words: str
+) -> None:
+    detail = refused(client, OMNI_APP, omni(video_url=data_url(video, "video/mp4")))
+    assert detail[0]["loc"] == ["body", "video_url"] and words in detail[0]["msg"]
+
+
 def test_a_failed_validation_shows_as_a_completed_request_with_an_error(
     client: fal_client.SyncClient,
 ) -> None:
@@ -431,7 +466,12 @@ def test_a_tool_prompt_gets_exactly_a_tool_call_built_from_the_required_properti
         "tool_calls": [
             {
                 "name": "get_weather",
-                "arguments": {"city": "user Weather in", "days": 1, "unit": "celsius", "detailed": True},
+                "arguments": {
+                    "city": "user Weather in",
+                    "days": 1,
+                    "unit": "celsius",
+                    "detailed": True,
+                },
             }
         ]
     }
@@ -503,5 +543,7 @@ def test_a_fault_marker_in_the_prompt_works_like_an_injected_fault(
     client: fal_client.SyncClient,
 ) -> None:
     with pytest.raises(fal_client.FalClientHTTPError) as info:
-        client.subscribe(DIFFUSION_APP, diffusion(prompt="[emulator-fault:failed] hi"), interval=FAST)
+        client.subscribe(
+            DIFFUSION_APP, diffusion(prompt="[emulator-fault:failed] hi"), interval=FAST
+        )
     assert info.value.status_code == 500

@@ -54,9 +54,16 @@ def server() -> Iterator[RunningServer]:
     running.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def client(server: RunningServer) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def http(server: RunningServer) -> Iterator[httpx.Client]:
+    """Plain HTTP, to see the exact wire shape and the emulator's own routes."""
+    with httpx.Client(base_url=server.url) as plain:
+        yield plain
 
 
 @pytest.fixture
@@ -94,8 +101,9 @@ def user(*parts: dict[str, Any] | str) -> dict[str, Any]:
     return {"role": "user", "content": [text_part(p) if isinstance(p, str) else p for p in parts]}
 
 
-def ask(client: openai.OpenAI, model: str, messages: list[dict[str, Any]], **kw: Any) -> Any:
-    return client.chat.completions.create(model=model, messages=messages, **kw)  # type: ignore[call-overload]
+def ask(client: openai.OpenAI, model: str, messages: list[Any], **kw: Any) -> Any:
+    """The SDK call; messages are plain dicts, as the wire sees them."""
+    return client.chat.completions.create(model=model, messages=messages, **kw)
 
 
 def content_of(client: openai.OpenAI, model: str, messages: list[dict[str, Any]], **kw: Any) -> str:
@@ -104,7 +112,9 @@ def content_of(client: openai.OpenAI, model: str, messages: list[dict[str, Any]]
     return content
 
 
-def bad_request(client: openai.OpenAI, model: str, messages: list[dict[str, Any]], **kw: Any) -> str:
+def bad_request(
+    client: openai.OpenAI, model: str, messages: list[dict[str, Any]], **kw: Any
+) -> str:
     with pytest.raises(openai.BadRequestError) as caught:
         ask(client, model, messages, **kw)
     return caught.value.message
@@ -120,8 +130,8 @@ def joined(chunks: list[Any], name: str = "content") -> str:
     return "".join(getattr(c.choices[0].delta, name, None) or "" for c in chunks if c.choices)
 
 
-def raw_post(server: RunningServer, body: dict[str, Any], **headers: str) -> httpx.Response:
-    return httpx.post(server.url + "/v1/chat/completions", json=body, headers=headers)
+def raw_post(http: httpx.Client, body: dict[str, Any], **headers: str) -> httpx.Response:
+    return http.post("/v1/chat/completions", json=body, headers=headers)
 
 
 THINK = {"role": "system", "content": "/think"}
@@ -135,15 +145,15 @@ def test_models_route_lists_the_three_nim_ids(client: openai.OpenAI) -> None:
 
 
 @pytest.mark.parametrize("path", ["/v1/health/ready", "/v1/health/live"])
-def test_health_routes_answer_200_json(server: RunningServer, path: str) -> None:
-    response = httpx.get(server.url + path)
+def test_health_routes_answer_200_json(http: httpx.Client, path: str) -> None:
+    response = http.get(path)
     assert response.status_code == 200 and "message" in response.json()
 
 
-def test_every_response_carries_a_request_id(server: RunningServer) -> None:
-    ok = raw_post(server, {"model": OTHER, "messages": [user("hi")]})
-    refused = raw_post(server, {"model": OTHER, "messages": []})
-    models = httpx.get(server.url + "/v1/models")
+def test_every_response_carries_a_request_id(http: httpx.Client) -> None:
+    ok = raw_post(http, {"model": OTHER, "messages": [user("hi")]})
+    refused = raw_post(http, {"model": OTHER, "messages": []})
+    models = http.get("/v1/models")
     assert all(r.headers.get("x-request-id") for r in (ok, refused, models))
 
 
@@ -255,24 +265,27 @@ def test_other_models_leave_img_tags_as_text(client: openai.OpenAI) -> None:
 
 
 def test_nano_8b_reply_carries_null_reasoning_content_and_empty_tool_calls(
-    server: RunningServer,
+    http: httpx.Client,
 ) -> None:
-    message = raw_post(server, {"model": NANO_8B, "messages": [user("hi")]}).json()["choices"][0][
+    message = raw_post(http, {"model": NANO_8B, "messages": [user("hi")]}).json()["choices"][0][
         "message"
     ]
     assert message["reasoning_content"] is None and message["tool_calls"] == []
 
 
-def test_other_models_reply_without_the_8b_null_fields(server: RunningServer) -> None:
-    message = raw_post(server, {"model": NANO_12B, "messages": [user("hi")]}).json()["choices"][
-        0
-    ]["message"]
+def test_other_models_reply_without_the_8b_null_fields(http: httpx.Client) -> None:
+    message = raw_post(http, {"model": NANO_12B, "messages": [user("hi")]}).json()["choices"][0][
+        "message"
+    ]
     assert "reasoning_content" not in message and "tool_calls" not in message
 
 
 def test_unknown_model_id_is_served_as_a_generic_vlm(client: openai.OpenAI, mp4: bytes) -> None:
     content = content_of(
-        client, OTHER, [user(image_part("webp"), video_part(mp4), "?")], tools=[WEATHER_TOOL],
+        client,
+        OTHER,
+        [user(image_part("webp"), video_part(mp4), "?")],
+        tools=[WEATHER_TOOL],
         tool_choice="none",
     )
     assert "image 1: webp 64x48" in content and "video 1: mp4" in content
@@ -281,8 +294,8 @@ def test_unknown_model_id_is_served_as_a_generic_vlm(client: openai.OpenAI, mp4:
 # --- each model's 400s ----------------------------------------------------------------
 
 
-def test_error_body_has_message_type_and_code(server: RunningServer) -> None:
-    error = raw_post(server, {"model": NANO_12B, "messages": []}).json()["error"]
+def test_error_body_has_message_type_and_code(http: httpx.Client) -> None:
+    error = raw_post(http, {"model": NANO_12B, "messages": []}).json()["error"]
     assert error["type"] == "BadRequestError" and error["code"] == 400 and error["message"]
 
 
@@ -341,26 +354,35 @@ def test_gif_is_a_400_for_the_nano_models(client: openai.OpenAI, model: str) -> 
 
 def test_gif_is_accepted_by_diffusiongemma(client: openai.OpenAI) -> None:
     content = content_of(
-        client, GEMMA, [user(image_part("gif"), "?")], extra_body={"chat_template_kwargs": {"thinking": False}}
+        client,
+        GEMMA,
+        [user(image_part("gif"), "?")],
+        extra_body={"chat_template_kwargs": {"thinking": False}},
     )
     assert "image 1: gif 64x48" in content
 
 
 def test_image_format_is_read_from_the_bytes_not_the_mime_type(client: openai.OpenAI) -> None:
     url = data_url(make_image(8, 8, "webp"), "image/png")
-    message = bad_request(client, NANO_12B, [user({"type": "image_url", "image_url": {"url": url}})])
+    message = bad_request(
+        client, NANO_12B, [user({"type": "image_url", "image_url": {"url": url}})]
+    )
     assert "WEBP is not supported" in message
 
 
 def test_undecodable_image_bytes_is_a_400(client: openai.OpenAI) -> None:
     url = data_url(b"definitely not an image", "image/png")
-    message = bad_request(client, NANO_12B, [user({"type": "image_url", "image_url": {"url": url}})])
+    message = bad_request(
+        client, NANO_12B, [user({"type": "image_url", "image_url": {"url": url}})]
+    )
     assert "could not be decoded" in message
 
 
 @pytest.mark.parametrize("url", ["data:image/png;base64", "data:image/png;base64,%%%not-b64"])
 def test_malformed_data_url_is_a_400(client: openai.OpenAI, url: str) -> None:
-    message = bad_request(client, NANO_12B, [user({"type": "image_url", "image_url": {"url": url}})])
+    message = bad_request(
+        client, NANO_12B, [user({"type": "image_url", "image_url": {"url": url}})]
+    )
     assert "malformed data URL" in message
 
 
@@ -398,15 +420,18 @@ def test_nano_12b_does_not_reason_without_think(client: openai.OpenAI) -> None:
 
 def test_nano_12b_reasons_inside_think_tags_by_default(client: openai.OpenAI) -> None:
     content = content_of(client, NANO_12B, [THINK, user(image_part(), "What is it?")])
-    assert content.startswith("<think>\nReasoning (emulated): the user asked \"What is it?\"")
+    assert content.startswith('<think>\nReasoning (emulated): the user asked "What is it?"')
     assert "I see 1 image" in content
     assert content.split("</think>\n\n", 1)[1].startswith("[nemovlm emulator]")
 
 
 def test_streamed_think_tags_are_split_across_chunks(client: openai.OpenAI) -> None:
     chunks = stream_chunks(client, NANO_12B, [THINK, user("hi")])
-    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
-    assert "".join(pieces).startswith("<think>\n") and "<think>" not in pieces[0]
+    pieces = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
+    # Seven-character pieces cannot hold the eight-character closing tag.
+    assert "</think>" in "".join(pieces) and not any("</think>" in p for p in pieces)
 
 
 def test_closing_tag_only_style_drops_the_opening_tag(client: openai.OpenAI) -> None:
@@ -420,13 +445,17 @@ def test_closing_tag_only_style_drops_the_opening_tag(client: openai.OpenAI) -> 
 
 
 def test_reasoning_content_style_fills_the_message_field(client: openai.OpenAI) -> None:
-    message = ask(
-        client,
-        NANO_12B,
-        [THINK, user("hi")],
-        extra_headers={"X-Emulator-Reasoning-Style": "reasoning_content"},
-    ).choices[0].message
-    assert message.reasoning_content.startswith("Reasoning (emulated)")  # type: ignore[attr-defined]
+    message = (
+        ask(
+            client,
+            NANO_12B,
+            [THINK, user("hi")],
+            extra_headers={"X-Emulator-Reasoning-Style": "reasoning_content"},
+        )
+        .choices[0]
+        .message
+    )
+    assert message.reasoning_content.startswith("Reasoning (emulated)")
     assert message.content.startswith("[nemovlm emulator]")
 
 
@@ -443,7 +472,7 @@ def test_reasoning_content_style_streams_in_the_delta_field(client: openai.OpenA
 
 def test_diffusiongemma_reasons_by_default_in_message_reasoning(client: openai.OpenAI) -> None:
     message = ask(client, GEMMA, [user("hi")]).choices[0].message
-    assert message.reasoning.startswith("Reasoning (emulated)")  # type: ignore[attr-defined]
+    assert message.reasoning.startswith("Reasoning (emulated)")
     assert message.content.startswith("[nemovlm emulator]")
 
 
@@ -453,25 +482,25 @@ def test_diffusiongemma_streams_reasoning_in_delta_reasoning(client: openai.Open
     assert joined(chunks).startswith("[nemovlm emulator]")
 
 
-def test_diffusiongemma_thinking_false_turns_reasoning_off(server: RunningServer) -> None:
+def test_diffusiongemma_thinking_false_turns_reasoning_off(http: httpx.Client) -> None:
     body = {"model": GEMMA, "messages": [user("hi")], "chat_template_kwargs": {"thinking": False}}
-    completion = raw_post(server, body).json()
+    completion = raw_post(http, body).json()
     assert "reasoning" not in completion["choices"][0]["message"]
     assert "completion_tokens_details" not in completion["usage"]
 
 
 def test_diffusiongemma_include_reasoning_false_hides_the_trace_but_counts_it(
-    server: RunningServer,
+    http: httpx.Client,
 ) -> None:
     body = {"model": GEMMA, "messages": [user("hi")], "include_reasoning": False}
-    completion = raw_post(server, body).json()
+    completion = raw_post(http, body).json()
     assert "reasoning" not in completion["choices"][0]["message"]
     assert completion["usage"]["completion_tokens_details"]["reasoning_tokens"] > 0
 
 
 def test_usage_reports_reasoning_tokens(client: openai.OpenAI) -> None:
     completion = ask(client, GEMMA, [user("hi")])
-    reasoning = completion.choices[0].message.reasoning  # type: ignore[attr-defined]
+    reasoning = completion.choices[0].message.reasoning
     details = completion.usage.completion_tokens_details
     assert details.reasoning_tokens == math.ceil(len(reasoning) / 4)
 
@@ -569,10 +598,13 @@ def test_streamed_tool_call_arrives_as_openai_chunks(client: openai.OpenAI) -> N
 
 
 def test_prompt_protocol_tools_get_a_json_tool_call_reply(client: openai.OpenAI) -> None:
-    tools = [{"name": "get_weather", "description": "", "parameters": WEATHER_TOOL["function"]["parameters"]}]  # type: ignore[index]
-    system = f"You can call tools.\n<tools>\n{json.dumps(tools)}\n</tools>\n<tool_choice>auto</tool_choice>"
-    content = content_of(client, NANO_8B, [{"role": "system", "content": system}, user("Weather in Paris?")])
-    assert json.loads(content) == {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}
+    parameters = WEATHER_TOOL["function"]["parameters"]  # type: ignore[index]
+    tools = json.dumps([{"name": "get_weather", "description": "", "parameters": parameters}])
+    system = f"Tools:\n<tools>\n{tools}\n</tools>\n<tool_choice>auto</tool_choice>"
+    messages = [{"role": "system", "content": system}, user("Weather in Paris?")]
+    content = content_of(client, NANO_8B, messages)
+    call = {"name": "get_weather", "arguments": {"city": "Paris"}}
+    assert json.loads(content) == {"tool_calls": [call]}
 
 
 def test_prompt_protocol_tool_result_is_quoted_in_plain_text(client: openai.OpenAI) -> None:
@@ -677,7 +709,7 @@ def test_usage_counts_64_tokens_per_sampled_video_frame(client: openai.OpenAI, m
 
 def test_max_tokens_cuts_the_answer_with_finish_reason_length(client: openai.OpenAI) -> None:
     choice = ask(client, NANO_12B, [user("hi")], max_tokens=3).choices[0]
-    assert choice.finish_reason == "length" and choice.message.content == "[nemovlm em"[:12]
+    assert choice.finish_reason == "length" and choice.message.content == "[nemovlm emu"
 
 
 async def test_async_client_gets_a_completion(aclient: openai.AsyncOpenAI) -> None:
@@ -731,8 +763,10 @@ def test_fault_break_stream_raises_while_iterating(client: openai.OpenAI) -> Non
     assert 0 < len(received) < 5
 
 
-def test_fault_malformed_json_gives_an_unparseable_200(server: RunningServer) -> None:
-    response = raw_post(server, {"model": NANO_12B, "messages": [user("hi")]}, **fault("malformed_json"))
+def test_fault_malformed_json_gives_an_unparseable_200(http: httpx.Client) -> None:
+    response = raw_post(
+        http, {"model": NANO_12B, "messages": [user("hi")]}, **fault("malformed_json")
+    )
     assert response.status_code == 200
     with pytest.raises(ValueError):
         response.json()
@@ -745,7 +779,11 @@ def test_fault_no_choices_gives_empty_choices(client: openai.OpenAI) -> None:
 
 def test_fault_bad_tool_args_sends_arguments_that_are_not_json(client: openai.OpenAI) -> None:
     completion = ask(
-        client, NANO_12B, [user("Weather?")], tools=[WEATHER_TOOL], extra_headers=fault("bad_tool_args")
+        client,
+        NANO_12B,
+        [user("Weather?")],
+        tools=[WEATHER_TOOL],
+        extra_headers=fault("bad_tool_args"),
     )
     assert completion.choices[0].message.tool_calls[0].function.arguments == BROKEN_TOOL_ARGUMENTS
 
@@ -780,24 +818,24 @@ def test_fault_times_counts_each_key_apart(client: openai.OpenAI) -> None:
 # --- request record ------------------------------------------------------------------
 
 
-def test_recorded_requests_show_the_body_as_sent(client: openai.OpenAI, server: RunningServer) -> None:
-    httpx.delete(server.url + "/emulator/requests")
+def test_recorded_requests_show_the_body_as_sent(client: openai.OpenAI, http: httpx.Client) -> None:
+    http.delete("/emulator/requests")
     ask(client, NANO_8B, [user(image_part(), "What is it?")])
-    recorded = httpx.get(server.url + "/emulator/requests").json()
+    recorded = http.get("/emulator/requests").json()
     assert len(recorded) == 1
     parts = recorded[0]["body"]["messages"][0]["content"]
     assert [p["type"] for p in parts] == ["image_url", "text"]
 
 
 def test_recorded_requests_leave_out_the_authorization_header(
-    client: openai.OpenAI, server: RunningServer
+    client: openai.OpenAI, http: httpx.Client
 ) -> None:
     ask(client, NANO_12B, [user("hi")])
-    headers = httpx.get(server.url + "/emulator/requests").json()[-1]["headers"]
+    headers = http.get("/emulator/requests").json()[-1]["headers"]
     assert "authorization" not in headers and headers["content-type"] == "application/json"
 
 
-def test_deleting_recorded_requests_clears_them(client: openai.OpenAI, server: RunningServer) -> None:
+def test_deleting_recorded_requests_clears_them(client: openai.OpenAI, http: httpx.Client) -> None:
     ask(client, NANO_12B, [user("hi")])
-    httpx.delete(server.url + "/emulator/requests")
-    assert httpx.get(server.url + "/emulator/requests").json() == []
+    http.delete("/emulator/requests")
+    assert http.get("/emulator/requests").json() == []

@@ -33,7 +33,13 @@ from nemovlm.errors import (
 from nemovlm.media import MediaPolicy, PreparedMedia
 from nemovlm.messages import Delta, Reply, TextPart, ToolCallChunk, Turn, Usage
 from nemovlm.options import RequestOptions
-from nemovlm.pipeline import PreparedConversation, PreparedTurn, assemble_reply, prepare
+from nemovlm.pipeline import (
+    PreparedConversation,
+    PreparedTurn,
+    ReplyProcessor,
+    assemble_reply,
+    prepare,
+)
 from nemovlm.profiles import ModelProfile
 from nemovlm.tools import _map_tool, _map_tool_choice
 
@@ -76,8 +82,9 @@ class NIMBackend:
     timeout: float | None = 60.0
     max_retries: int = 2
     default_headers: dict[str, str] | None = None
-    http_client: httpx.Client | None = None
-    async_http_client: httpx.AsyncClient | None = None
+    # The HTTP client type follows the installed ``openai`` SDK (httpx, or httpx2 in 3.x).
+    http_client: Any = None
+    async_http_client: Any = None
     policy: MediaPolicy = field(default_factory=MediaPolicy)
     _client: openai.OpenAI | None = field(default=None, init=False, repr=False)
     _aclient: openai.AsyncOpenAI | None = field(default=None, init=False, repr=False)
@@ -133,26 +140,20 @@ class NIMBackend:
     def stream(self, turns: Sequence[Turn], options: RequestOptions) -> Iterator[Delta]:
         prepared = prepare(turns, options, self.profile, self.policy, stream=True)
         request = self._map_request(prepared, options, stream=True)
-        processor, ended = prepared.processor, False
-        with _converted_errors(self.profile.model, self.timeout):
+        state = _StreamState()
+        with _converted_errors(self.profile.model, self.timeout, state):
             for chunk in self.client.chat.completions.create(**request):
-                delta = _process_chunk(chunk)
-                ended = ended or delta.finish_reason is not None
-                yield processor.feed(delta)
-        _check_stream_ended(ended, self.profile.model)
-        yield processor.finish()
+                yield state.feed(_process_chunk(chunk), prepared.processor)
+        yield state.finish(prepared.processor, self.profile.model)
 
     async def astream(self, turns: Sequence[Turn], options: RequestOptions) -> AsyncIterator[Delta]:
         prepared = prepare(turns, options, self.profile, self.policy, stream=True)
         request = self._map_request(prepared, options, stream=True)
-        processor, ended = prepared.processor, False
-        with _converted_errors(self.profile.model, self.timeout):
+        state = _StreamState()
+        with _converted_errors(self.profile.model, self.timeout, state):
             async for chunk in await self.async_client.chat.completions.create(**request):
-                delta = _process_chunk(chunk)
-                ended = ended or delta.finish_reason is not None
-                yield processor.feed(delta)
-        _check_stream_ended(ended, self.profile.model)
-        yield processor.finish()
+                yield state.feed(_process_chunk(chunk), prepared.processor)
+        yield state.finish(prepared.processor, self.profile.model)
 
     def _process_whole(self, completion: Any, prepared: PreparedConversation) -> Reply:
         raw = _process_completion(completion, self.profile.model)
@@ -331,16 +332,31 @@ def _process_chunk(chunk: Any) -> Delta:
     return out
 
 
-def _check_stream_ended(ended: bool, model: str) -> None:
-    if not ended:
-        raise IncompleteResponseError(
-            f"The stream from {model} ended before the model finished (no finish_reason): "
-            "the answer is incomplete. Retry the request."
-        )
+@dataclass
+class _StreamState:
+    """Whether a stream has begun and whether the model said it was done."""
+
+    started: bool = False
+    ended: bool = False
+
+    def feed(self, raw: Delta, processor: ReplyProcessor) -> Delta:
+        self.started = True
+        self.ended = self.ended or raw.finish_reason is not None
+        return processor.feed(raw)
+
+    def finish(self, processor: ReplyProcessor, model: str) -> Delta:
+        if not self.ended:
+            raise IncompleteResponseError(
+                f"The stream from {model} ended before the model finished (no finish_reason): "
+                "the answer is incomplete. Retry the request."
+            )
+        return processor.finish()
 
 
 @contextmanager
-def _converted_errors(model: str, timeout: float | None) -> Iterator[None]:
+def _converted_errors(
+    model: str, timeout: float | None, stream: _StreamState | None = None
+) -> Iterator[None]:
     """SDK and transport errors -> ``nemovlm.errors``, keeping status, id and message."""
     try:
         yield
@@ -358,6 +374,12 @@ def _converted_errors(model: str, timeout: float | None) -> Iterator[None]:
             model=model,
         ) from exc
     except openai.APIConnectionError as exc:
+        if stream is not None and stream.started:
+            # The SDK reports a connection cut mid-stream as a connection error.
+            raise IncompleteResponseError(
+                f"The stream from {model} broke off mid-reply ({exc.__cause__ or exc}): "
+                "the answer is incomplete. Retry the request."
+            ) from exc
         raise RequestError(f"Could not reach the server: {exc}", model=model) from exc
     except openai.APIResponseValidationError as exc:
         raise IncompleteResponseError(

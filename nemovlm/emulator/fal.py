@@ -296,9 +296,7 @@ def _describe_video(media: _Media) -> tuple[str, float]:
         )
     # "1080p" names the short side, as nemovlm.media reads it.
     if min(width, height) > 1080:
-        problems.append(
-            _detail("video_url", f"Video is {width}x{height}; the maximum is 1080p.")
-        )
+        problems.append(_detail("video_url", f"Video is {width}x{height}; the maximum is 1080p."))
     if problems:
         raise _unprocessable(problems)
     return f"mp4 {width}x{height}, {seconds:.1f} s ({media.source})", seconds
@@ -845,6 +843,12 @@ class FalEmulator:
         return aim_fal_client(self.url, self.ca_bundle)
 
     def stop(self) -> None:
+        # A TLS connection a client left open closes only after the client answers the
+        # close_notify, so uvicorn would wait (up to RunningServer's 10 s join) for
+        # clients that may never close: skip that wait, as uvicorn's second Ctrl-C does.
+        uvicorn_server = self.server._server
+        if uvicorn_server is not None:
+            uvicorn_server.force_exit = True
         self.server.stop()
 
     def __enter__(self) -> FalEmulator:
@@ -886,7 +890,13 @@ def _existing_trust() -> bytes:
     return Path(certifi.where()).read_bytes()
 
 
-_FAL_CLIENT_URLS = ("RUN_URL_FORMAT", "QUEUE_URL_FORMAT", "REALTIME_URL_FORMAT", "REST_URL", "CDN_URL")
+_FAL_CLIENT_URLS = (
+    "RUN_URL_FORMAT",
+    "QUEUE_URL_FORMAT",
+    "REALTIME_URL_FORMAT",
+    "REST_URL",
+    "CDN_URL",
+)
 
 
 def aim_fal_client(url: str, ca_bundle: Path | str) -> Callable[[], None]:

@@ -524,9 +524,7 @@ def _process_sampling(media_io_kwargs: Any) -> _Sampling:
         return _Sampling()
     fps, num_frames = video.get("fps"), video.get("num_frames")
     if fps is not None and num_frames is not None:
-        raise _BadRequest(
-            "media_io_kwargs.video: give either 'fps' or 'num_frames', not both."
-        )
+        raise _BadRequest("media_io_kwargs.video: give either 'fps' or 'num_frames', not both.")
     if num_frames is not None:
         if not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames < 1:
             raise _BadRequest(f"media_io_kwargs.video.num_frames must be >= 1, not {num_frames!r}.")
@@ -763,10 +761,8 @@ def _process_reasoning(chat: _Chat, request: Request) -> None:
     rules, body = chat.rules, chat.body
     style = request.headers.get("x-emulator-reasoning-style")
     if style is not None and style not in _STYLES:
-        raise _BadRequest(
-            f"X-Emulator-Reasoning-Style {style!r}: use one of {', '.join(_STYLES)}."
-        )
-    chat.style = style if style is not None else rules.reasoning_style  # type: ignore[assignment]
+        raise _BadRequest(f"X-Emulator-Reasoning-Style {style!r}: use one of {', '.join(_STYLES)}.")
+    chat.style = style if style is not None else rules.reasoning_style
     if rules.include_reasoning_param and body.get("include_reasoning") is False:
         if chat.stream:
             raise _BadRequest(
@@ -991,7 +987,11 @@ def _synthesize(schema: Any, root: Any, hint: str, depth: int = 0) -> Any:
         return None
     if kind == "array":
         items = schema.get("items", {})
-        resolved = _resolve_ref(root, items["$ref"]) if isinstance(items, dict) and "$ref" in items else items
+        resolved = (
+            _resolve_ref(root, items["$ref"])
+            if isinstance(items, dict) and "$ref" in items
+            else items
+        )
         count = max(int(schema.get("minItems", 0)), 1 if _is_object(resolved) else 0)
         return [_synthesize(items, root, hint, depth + 1) for _ in range(count)]
     if kind == "object":
@@ -1039,9 +1039,7 @@ def _is_null(schema: Any) -> bool:
 
 
 def _is_object(schema: Any) -> bool:
-    return isinstance(schema, dict) and (
-        schema.get("type") == "object" or "properties" in schema
-    )
+    return isinstance(schema, dict) and (schema.get("type") == "object" or "properties" in schema)
 
 
 _STRING_FORMATS = {
@@ -1145,7 +1143,9 @@ def _map_response(chat: _Chat, reply: _Reply, ident: str, fault: str | None) -> 
     if chat.stream:
         chunks = _map_chunks(chat, reply, ident, created, usage, fault)
         return StreamingResponse(
-            _sse(chunks, fault), media_type="text/event-stream", headers={"cache-control": "no-cache"}
+            _sse(chunks, fault),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache"},
         )
     completion = _map_completion(chat, reply, ident, created, usage)
     if fault == "no_choices":
@@ -1217,9 +1217,7 @@ def _map_chunks(
             "created": created,
             "model": chat.model,
             "system_fingerprint": "nemovlm-emulator",
-            "choices": [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            ],
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
         }
 
     if fault == "no_choices":

@@ -1,0 +1,417 @@
+"""What ``NemoVLM``/``NemoFal`` and their multi-modal twins share: fields, the call flow, tools.
+
+Flow: ``chat``/``stream_chat``/``complete``/``stream_complete`` and the async twins ->
+``_turns`` (``_convert._map_messages``) -> ``_call``/``_stream_call`` (fields + call kwargs
+-> ``RequestOptions`` in ``_options``) -> ``self.backend`` (a core backend: NIM or fal)
+-> ``Reply``/``Delta`` -> ``_convert._process_reply`` / ``_convert._StreamState``.
+The multi-modal classes hold one such LLM and call the same ``_call``s, so an image
+document goes through the same mapping as an ``ImageBlock``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    ImageBlock,
+    LLMMetadata,
+    MessageRole,
+    ToolCallBlock,
+)
+from llama_index.core.constants import DEFAULT_NUM_INPUT_FILES, DEFAULT_NUM_OUTPUTS
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection
+from llama_index.core.multi_modal_llms import MultiModalLLM, MultiModalLLMMetadata
+from llama_index.core.schema import ImageNode
+from pydantic import BaseModel, Field, PrivateAttr
+
+from llama_index_nemovlm._convert import (
+    _map_image_document,
+    _map_messages,
+    _map_tool,
+    _process_completion,
+    _process_reply,
+    _process_tool_selections,
+    _StreamState,
+)
+from nemovlm.media import MediaPolicy
+from nemovlm.messages import Delta, Reply, TextPart, Turn
+from nemovlm.options import RequestOptions, build_options
+from nemovlm.profiles import ModelProfile, get_profile
+
+if TYPE_CHECKING:
+    from llama_index.core.tools.types import BaseTool
+
+
+class _Backend(Protocol):
+    profile: ModelProfile
+
+    def complete(self, turns: Sequence[Turn], options: RequestOptions) -> Reply: ...
+    async def acomplete(self, turns: Sequence[Turn], options: RequestOptions) -> Reply: ...
+    def stream(self, turns: Sequence[Turn], options: RequestOptions) -> Iterator[Delta]: ...
+    def astream(self, turns: Sequence[Turn], options: RequestOptions) -> AsyncIterator[Delta]: ...
+
+
+class _NemoSettings(BaseModel):
+    """Fields every class here has, NIM or fal, chat or multi-modal."""
+
+    model: str = Field(description="Model id, e.g. nvidia/nemotron-nano-12b-v2-vl.")
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = Field(default=None, description="Most tokens to generate.")
+    seed: int | None = None
+    reasoning: bool | None = Field(
+        default=None,
+        description="None: the model's default; True/False: switched the model's own way.",
+    )
+    include_reasoning: bool = Field(
+        default=True,
+        description="False asks the server to leave the reasoning out "
+        "(DiffusionGemma, non-streaming).",
+    )
+    timeout: float | None = 60.0
+    max_retries: int = 2
+    additional_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra wire parameters, sent as they are after the backend's checks.",
+    )
+    allowed_media_dirs: list[Path] = Field(
+        default_factory=list,
+        description="Directories from which a bare path or file:// URL given as an "
+        "ImageBlock/VideoBlock url may be read. Empty (default): such strings are "
+        "refused. ImageBlock(path=...) is always read.",
+    )
+    downscale_images: bool = Field(
+        default=True, description="Shrink images larger than the model can use."
+    )
+    max_image_pixels: int | None = Field(
+        default=None, description="Pixel budget for the downscale; None: the profile's."
+    )
+    profile_overrides: dict[str, Any] | None = Field(
+        default=None, description="Replace fields of the model's nemovlm profile."
+    )
+
+    @property
+    def nemo_profile(self) -> ModelProfile:
+        """The ``nemovlm`` profile in force (quirks, limits, prices)."""
+        return get_profile(self.model, self.profile_overrides)
+
+    def _media_policy(self) -> MediaPolicy:
+        return MediaPolicy(
+            allowed_dirs=tuple(Path(p) for p in self.allowed_media_dirs),
+            downscale=self.downscale_images,
+            max_image_pixels=self.max_image_pixels,
+        )
+
+
+class _NemoLLM(_NemoSettings, FunctionCallingLLM):
+    """Shared base; use ``NemoVLM`` (NIM) or ``NemoFal`` (fal)."""
+
+    _backend: Any = PrivateAttr(default=None)
+
+    # --- backend ----------------------------------------------------------------
+
+    def _make_backend(self) -> _Backend:
+        raise NotImplementedError
+
+    @property
+    def backend(self) -> _Backend:
+        """The core backend, made on first use (and again after unpickling)."""
+        if self._backend is None:
+            self._backend = self._make_backend()
+        return self._backend
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        profile = self.nemo_profile
+        return LLMMetadata(
+            context_window=profile.context_window,
+            num_output=self.max_tokens or profile.max_output_tokens or DEFAULT_NUM_OUTPUTS,
+            is_chat_model=True,
+            is_function_calling_model=True,
+            model_name=self.model,
+            system_role=MessageRole.SYSTEM,
+        )
+
+    # --- request ----------------------------------------------------------------
+
+    def _extra_option_fields(self) -> dict[str, Any]:
+        """Backend-specific fields that map onto ``RequestOptions``."""
+        return {}
+
+    def _options(self, kwargs: dict[str, Any]) -> RequestOptions:
+        settings = {
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "reasoning": self.reasoning,
+            "include_reasoning": self.include_reasoning,
+            **self._extra_option_fields(),
+        }
+        overrides = dict(kwargs)
+        stop = overrides.pop("stop", None)
+        overrides.pop("formatted", None)  # LlamaIndex's complete() flag, not a parameter
+        if overrides.get("tools") is not None:
+            overrides["tools"] = [_map_tool(t) for t in overrides["tools"]]
+        return build_options(settings, overrides, extra=self.additional_kwargs, stop=stop)
+
+    def _turns(self, messages: Sequence[ChatMessage]) -> list[Turn]:
+        return _map_messages(messages, self._media_policy())
+
+    # --- neutral calls (shared with the multi-modal classes) --------------------
+
+    def _call(self, turns: list[Turn], kwargs: dict[str, Any]) -> ChatResponse:
+        reply = self.backend.complete(turns, self._options(kwargs))
+        return _process_reply(reply, self.model)
+
+    async def _acall(self, turns: list[Turn], kwargs: dict[str, Any]) -> ChatResponse:
+        reply = await self.backend.acomplete(turns, self._options(kwargs))
+        return _process_reply(reply, self.model)
+
+    def _stream_call(self, turns: list[Turn], kwargs: dict[str, Any]) -> ChatResponseGen:
+        options = self._options(kwargs)
+
+        def gen() -> ChatResponseGen:
+            state = _StreamState(self.model)
+            for delta in self.backend.stream(turns, options):
+                response = state.feed(delta)
+                if response is not None:
+                    yield response
+            yield state.last()
+
+        return gen()
+
+    def _astream_call(self, turns: list[Turn], kwargs: dict[str, Any]) -> ChatResponseAsyncGen:
+        options = self._options(kwargs)
+
+        async def gen() -> ChatResponseAsyncGen:
+            state = _StreamState(self.model)
+            async for delta in self.backend.astream(turns, options):
+                response = state.feed(delta)
+                if response is not None:
+                    yield response
+            yield state.last()
+
+        return gen()
+
+    # --- LlamaIndex endpoints ---------------------------------------------------
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return self._call(self._turns(messages), kwargs)
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return await self._acall(self._turns(messages), kwargs)
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        return self._stream_call(self._turns(messages), kwargs)
+
+    @llm_chat_callback()
+    async def astream_chat(
+        self, messages: Sequence[ChatMessage], **kwargs: Any
+    ) -> ChatResponseAsyncGen:
+        return self._astream_call(self._turns(messages), kwargs)
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return _process_completion(self._call(_prompt_turns(prompt), kwargs))
+
+    @llm_completion_callback()
+    async def acomplete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponse:
+        return _process_completion(await self._acall(_prompt_turns(prompt), kwargs))
+
+    @llm_completion_callback()
+    def stream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseGen:
+        return _completions(self._stream_call(_prompt_turns(prompt), kwargs))
+
+    @llm_completion_callback()
+    async def astream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
+        return _acompletions(self._astream_call(_prompt_turns(prompt), kwargs))
+
+    # --- tools --------------------------------------------------------------------
+
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[BaseTool],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        tool_choice: str | dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Tools go to the core as ``ToolSpec``s: native OpenAI tools where the model's
+        server has them, the core's prompt protocol otherwise. ``tool_required`` ->
+        ``tool_choice="required"``; ``tool_choice`` may also name one tool."""
+        messages = list(chat_history or [])
+        if isinstance(user_msg, str):
+            user_msg = ChatMessage(role=MessageRole.USER, content=user_msg)
+        if user_msg is not None:
+            messages.append(user_msg)
+        specs = [_map_tool(t) for t in tools]
+        prepared: dict[str, Any] = {"messages": messages, **kwargs}
+        if specs:
+            prepared["tools"] = specs
+            choice = tool_choice if tool_choice is not None else (
+                "required" if tool_required else None
+            )
+            if choice is not None:
+                prepared["tool_choice"] = choice
+        return prepared
+
+    def _validate_chat_with_tools_response(
+        self,
+        response: ChatResponse,
+        tools: Sequence[BaseTool],
+        allow_parallel_tool_calls: bool = False,
+        **kwargs: Any,
+    ) -> ChatResponse:
+        if not allow_parallel_tool_calls:
+            _keep_first_tool_call(response)
+        return response
+
+    def get_tool_calls_from_response(
+        self,
+        response: ChatResponse,
+        error_on_no_tool_call: bool = True,
+        **kwargs: Any,
+    ) -> list[ToolSelection]:
+        """The response's tool calls as ``ToolSelection``s (``ToolCallBlock``s first, else
+        OpenAI-shaped ``additional_kwargs["tool_calls"]``)."""
+        return _process_tool_selections(response, error_on_no_tool_call)
+
+
+class _NemoMultiModal(_NemoSettings, MultiModalLLM):
+    """Shared base of the ``MultiModalLLM`` classes (image RAG query engines).
+
+    Holds one ``_llm_class`` instance built from the same fields and calls its
+    ``_call``s, so there is one mapping and one backend per instance.
+    """
+
+    # The LLM callbacks read this; MultiModalLLM (llama-index-core 0.14) lacks the field.
+    rate_limiter: Any | None = Field(
+        default=None, exclude=True, description="A BaseRateLimiter to throttle calls."
+    )
+
+    _llm_class: ClassVar[type[_NemoLLM]]
+    _llm: _NemoLLM | None = PrivateAttr(default=None)
+
+    @property
+    def llm(self) -> _NemoLLM:
+        """The chat LLM doing the work (same model, same settings)."""
+        if self._llm is None:
+            shared = set(self._llm_class.model_fields) & set(type(self).model_fields)
+            self._llm = self._llm_class(**{name: getattr(self, name) for name in shared})
+        return self._llm
+
+    @property
+    def metadata(self) -> MultiModalLLMMetadata:
+        profile = self.nemo_profile
+        return MultiModalLLMMetadata(
+            context_window=profile.context_window,
+            num_output=self.max_tokens or profile.max_output_tokens or DEFAULT_NUM_OUTPUTS,
+            num_input_files=profile.max_images or DEFAULT_NUM_INPUT_FILES,
+            is_function_calling_model=True,
+            model_name=self.model,
+            is_chat_model=True,
+        )
+
+    def to_payload(self) -> dict[str, Any]:
+        # The callbacks call this; MultiModalLLM (llama-index-core 0.14) lacks it.
+        return {"class_name": self.class_name(), **self.metadata.model_dump()}
+
+    def _document_turns(
+        self, prompt: str, image_documents: Sequence[ImageNode | ImageBlock]
+    ) -> list[Turn]:
+        policy = self._media_policy()
+        media = [_map_image_document(d, policy) for d in image_documents]
+        return [Turn("user", [*media, TextPart(prompt)] if prompt else list(media))]
+
+    def complete(
+        self, prompt: str, image_documents: Sequence[ImageNode | ImageBlock], **kwargs: Any
+    ) -> CompletionResponse:
+        turns = self._document_turns(prompt, image_documents)
+        return _process_completion(self.llm._call(turns, kwargs))
+
+    async def acomplete(
+        self, prompt: str, image_documents: Sequence[ImageNode | ImageBlock], **kwargs: Any
+    ) -> CompletionResponse:
+        turns = self._document_turns(prompt, image_documents)
+        return _process_completion(await self.llm._acall(turns, kwargs))
+
+    def stream_complete(
+        self, prompt: str, image_documents: Sequence[ImageNode | ImageBlock], **kwargs: Any
+    ) -> CompletionResponseGen:
+        turns = self._document_turns(prompt, image_documents)
+        return _completions(self.llm._stream_call(turns, kwargs))
+
+    async def astream_complete(
+        self, prompt: str, image_documents: Sequence[ImageNode | ImageBlock], **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
+        turns = self._document_turns(prompt, image_documents)
+        return _acompletions(self.llm._astream_call(turns, kwargs))
+
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return self.llm._call(self.llm._turns(messages), kwargs)
+
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return await self.llm._acall(self.llm._turns(messages), kwargs)
+
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        return self.llm._stream_call(self.llm._turns(messages), kwargs)
+
+    async def astream_chat(
+        self, messages: Sequence[ChatMessage], **kwargs: Any
+    ) -> ChatResponseAsyncGen:
+        return self.llm._astream_call(self.llm._turns(messages), kwargs)
+
+
+def _prompt_turns(prompt: str) -> list[Turn]:
+    return [Turn("user", [TextPart(prompt)])]
+
+
+def _completions(responses: ChatResponseGen) -> CompletionResponseGen:
+    for response in responses:
+        yield _process_completion(response)
+
+
+async def _acompletions(responses: ChatResponseAsyncGen) -> CompletionResponseAsyncGen:
+    async for response in responses:
+        yield _process_completion(response)
+
+
+def _keep_first_tool_call(response: ChatResponse) -> None:
+    """One call only, when the caller did not allow parallel calls."""
+    message = response.message
+    seen = False
+    blocks = []
+    for block in message.blocks:
+        if isinstance(block, ToolCallBlock):
+            if seen:
+                continue
+            seen = True
+        blocks.append(block)
+    message.blocks = blocks
+    calls = message.additional_kwargs.get("tool_calls")
+    if calls:
+        message.additional_kwargs["tool_calls"] = calls[:1]

@@ -1,0 +1,105 @@
+"""``NemoVLM``: any NIM vision-language model as a LlamaIndex ``FunctionCallingLLM``;
+``NemoVLMMultiModal``: the same as a ``MultiModalLLM`` for image RAG query engines."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from llama_index_nemovlm._base import _NemoLLM, _NemoMultiModal
+from nemovlm.backends.nim import NIMBackend, resolve_api_key, resolve_base_url
+
+
+def _api_key_from_env() -> SecretStr | None:
+    value = os.environ.get("NVIDIA_API_KEY")
+    return SecretStr(value) if value else None
+
+
+class _NimSettings(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    base_url: str | None = Field(
+        default=None,
+        description="The NIM's /v1 URL; else NVIDIA_BASE_URL, else NVIDIA's hosted API catalog.",
+    )
+    api_key: SecretStr | None = Field(
+        default_factory=_api_key_from_env,
+        description="Else NVIDIA_API_KEY; a local NIM needs none.",
+    )
+    image_transport: Literal["parts", "img_tag"] = Field(
+        default="parts",
+        description="img_tag sends images as <img src=...> in plain text (Llama Nano VL 8B).",
+    )
+    video_fps: float | None = None
+    video_num_frames: int | None = None
+    max_num_tiles: int | None = None
+    default_headers: dict[str, str] | None = None
+    http_client: httpx.Client | None = Field(
+        default=None, exclude=True, description="A client of your own (proxies, TLS)."
+    )
+    async_http_client: httpx.AsyncClient | None = Field(default=None, exclude=True)
+
+
+class NemoVLM(_NimSettings, _NemoLLM):
+    """A NIM vision-language model (OpenAI-compatible), with every model quirk handled.
+
+    ``base_url``: the argument, else ``NVIDIA_BASE_URL``, else NVIDIA's hosted API
+    catalog. ``api_key``: the argument, else ``NVIDIA_API_KEY`` (a local NIM needs none).
+
+    Example:
+        .. code-block:: python
+
+            from llama_index.core.llms import ChatMessage, ImageBlock, TextBlock
+            from llama_index.llms.nemovlm import NemoVLM
+
+            llm = NemoVLM(model="nvidia/nemotron-nano-12b-v2-vl",
+                          base_url="http://localhost:8000/v1")
+            response = llm.chat([ChatMessage(role="user", blocks=[
+                ImageBlock(path="chart.png"), TextBlock(text="Summarise"),
+            ])])
+
+    Video (Nano 12B v2 VL, DiffusionGemma): ``VideoBlock`` (url, path or bytes); sampling
+    with ``video_fps`` or ``video_num_frames`` and ``max_num_tiles``. Reasoning comes
+    back as a ``ThinkingBlock`` (streaming: ``additional_kwargs["thinking_delta"]``).
+    Tools: ``chat_with_tools``, ``predict_and_call``, ``FunctionAgent`` (native where
+    the NIM has tools, the core's prompt protocol otherwise).
+    """
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "NemoVLM"
+
+    def _make_backend(self) -> NIMBackend:
+        base_url = resolve_base_url(self.base_url)
+        return NIMBackend(
+            profile=self.nemo_profile,
+            base_url=base_url,
+            api_key=resolve_api_key(self.api_key, base_url),
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            default_headers=self.default_headers,
+            http_client=self.http_client,
+            async_http_client=self.async_http_client,
+            policy=self._media_policy(),
+        )
+
+    def _extra_option_fields(self) -> dict[str, Any]:
+        return {
+            "image_transport": self.image_transport,
+            "video_fps": self.video_fps,
+            "video_num_frames": self.video_num_frames,
+            "max_num_tiles": self.max_num_tiles,
+        }
+
+
+class NemoVLMMultiModal(_NimSettings, _NemoMultiModal):
+    """``NemoVLM`` as a ``MultiModalLLM``: ``complete(prompt, image_documents=[...])``."""
+
+    _llm_class = NemoVLM
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "NemoVLMMultiModal"
