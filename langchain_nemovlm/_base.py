@@ -21,7 +21,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from nemovlm.media import MediaPolicy
+from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from langchain_nemovlm._convert import (
@@ -31,6 +31,7 @@ from langchain_nemovlm._convert import (
     _response_metadata,
 )
 from nemovlm.errors import UnsupportedInputError
+from nemovlm.media import MediaPolicy
 from nemovlm.messages import Delta, Reply, ToolSpec, Turn
 from nemovlm.options import RequestOptions, build_options
 from nemovlm.profiles import ModelProfile as NemoProfile
@@ -289,12 +290,9 @@ class _NemoChatModel(BaseChatModel):
             raise UnsupportedInputError("with_structured_output needs a schema.")
         if method == "function_calling":
             return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
-        is_model = isinstance(schema, type) and issubclass(schema, BaseModel)
+        is_model = is_basemodel_subclass(schema)  # pydantic v2 or v1
         tool = convert_to_openai_tool(schema)["function"]
-        json_schema = {
-            "name": tool["name"],
-            "schema": schema.model_json_schema() if is_model else tool["parameters"],  # type: ignore[union-attr]
-        }
+        json_schema: dict[str, Any] = {"name": tool["name"], "schema": tool["parameters"]}
         if strict is not None:
             json_schema["strict"] = strict
         llm = self.bind(

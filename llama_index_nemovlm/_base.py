@@ -32,7 +32,7 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.multi_modal_llms import MultiModalLLM, MultiModalLLMMetadata
-from llama_index.core.schema import ImageNode
+from llama_index.core.schema import ImageDocument, ImageNode
 from pydantic import BaseModel, Field, PrivateAttr
 
 from llama_index_nemovlm._convert import (
@@ -341,32 +341,32 @@ class _NemoMultiModal(_NemoSettings, MultiModalLLM):
         return {"class_name": self.class_name(), **self.metadata.model_dump()}
 
     def _document_turns(
-        self, prompt: str, image_documents: Sequence[ImageNode | ImageBlock]
+        self, prompt: str, image_documents: Sequence[ImageNode | ImageDocument | ImageBlock]
     ) -> list[Turn]:
         policy = self._media_policy()
         media = [_map_image_document(d, policy) for d in image_documents]
         return [Turn("user", [*media, TextPart(prompt)] if prompt else list(media))]
 
     def complete(
-        self, prompt: str, image_documents: Sequence[ImageNode | ImageBlock], **kwargs: Any
+        self, prompt: str, image_documents: Sequence[ImageNode | ImageDocument | ImageBlock], **kwargs: Any
     ) -> CompletionResponse:
         turns = self._document_turns(prompt, image_documents)
         return _process_completion(self.llm._call(turns, kwargs))
 
     async def acomplete(
-        self, prompt: str, image_documents: Sequence[ImageNode | ImageBlock], **kwargs: Any
+        self, prompt: str, image_documents: Sequence[ImageNode | ImageDocument | ImageBlock], **kwargs: Any
     ) -> CompletionResponse:
         turns = self._document_turns(prompt, image_documents)
         return _process_completion(await self.llm._acall(turns, kwargs))
 
     def stream_complete(
-        self, prompt: str, image_documents: Sequence[ImageNode | ImageBlock], **kwargs: Any
+        self, prompt: str, image_documents: Sequence[ImageNode | ImageDocument | ImageBlock], **kwargs: Any
     ) -> CompletionResponseGen:
         turns = self._document_turns(prompt, image_documents)
         return _completions(self.llm._stream_call(turns, kwargs))
 
     async def astream_complete(
-        self, prompt: str, image_documents: Sequence[ImageNode | ImageBlock], **kwargs: Any
+        self, prompt: str, image_documents: Sequence[ImageNode | ImageDocument | ImageBlock], **kwargs: Any
     ) -> CompletionResponseAsyncGen:
         turns = self._document_turns(prompt, image_documents)
         return _acompletions(self.llm._astream_call(turns, kwargs))

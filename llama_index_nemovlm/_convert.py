@@ -44,7 +44,7 @@ from llama_index.core.base.llms.types import (
 )
 from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.llms.utils import parse_partial_json
-from llama_index.core.schema import ImageNode
+from llama_index.core.schema import ImageDocument, ImageNode
 
 from nemovlm.errors import UnsupportedInputError
 from nemovlm.media import MediaPolicy, media_from_string
@@ -168,13 +168,17 @@ def _map_video_block(block: VideoBlock, policy: MediaPolicy) -> MediaPart:
     return replace(part, fps=float(block.fps)) if block.fps is not None else part
 
 
-def _map_image_document(document: ImageNode | ImageBlock, policy: MediaPolicy) -> MediaPart:
+def _map_image_document(
+    document: ImageNode | ImageDocument | ImageBlock, policy: MediaPolicy
+) -> MediaPart:
     """An ``ImageNode``/``ImageDocument`` (``image`` base64, ``image_path``, ``image_url``)
     or an ``ImageBlock``, as a multi-modal query engine passes them."""
     if isinstance(document, ImageBlock):
         return _map_image_block(document, policy)
-    if isinstance(document, ImageNode):
-        return _map_image_block(image_node_to_image_block(document), policy)
+    if isinstance(document, (ImageNode, ImageDocument)):
+        # ImageDocument is no ImageNode subclass but has the same image properties.
+        block = image_node_to_image_block(document)  # type: ignore[arg-type]
+        return _map_image_block(block, policy)
     raise UnsupportedInputError(
         f"image_documents must hold ImageNode / ImageDocument or ImageBlock objects, "
         f"not {type(document).__name__}."

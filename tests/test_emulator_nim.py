@@ -430,6 +430,7 @@ def test_streamed_think_tags_are_split_across_chunks(client: openai.OpenAI) -> N
     pieces = [
         c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
     ]
+    assert "".join(pieces).startswith("<think>\nReasoning (emulated)")
     # Seven-character pieces cannot hold the eight-character closing tag.
     assert "</think>" in "".join(pieces) and not any("</think>" in p for p in pieces)
 
@@ -442,6 +443,18 @@ def test_closing_tag_only_style_drops_the_opening_tag(client: openai.OpenAI) -> 
         extra_headers={"X-Emulator-Reasoning-Style": "closing_tag_only"},
     )
     assert content.startswith("Reasoning (emulated)") and "\n</think>\n\n[nemovlm" in content
+
+
+def test_closing_tag_only_style_streams_without_the_opening_tag(client: openai.OpenAI) -> None:
+    chunks = stream_chunks(
+        client,
+        NANO_12B,
+        [THINK, user("hi")],
+        extra_headers={"X-Emulator-Reasoning-Style": "closing_tag_only"},
+    )
+    text = joined(chunks)
+    assert text.startswith("Reasoning (emulated)") and "<think>" not in text
+    assert "\n</think>\n\n[nemovlm emulator]" in text
 
 
 def test_reasoning_content_style_fills_the_message_field(client: openai.OpenAI) -> None:
@@ -790,8 +803,14 @@ def test_fault_bad_tool_args_sends_arguments_that_are_not_json(client: openai.Op
 
 def test_fault_slow_delays_the_answer(client: openai.OpenAI) -> None:
     started = time.monotonic()
-    ask(client, NANO_12B, [user("hi")], extra_headers=fault("slow:0.3"))
-    assert time.monotonic() - started >= 0.3
+    ask(client, NANO_12B, [user("hi")], extra_headers=fault("slow:0.2"))
+    assert time.monotonic() - started >= 0.2
+
+
+def test_unknown_fault_is_a_400_that_lists_the_known_ones(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        ask(client, NANO_12B, [user("hi")], extra_headers=fault("teapot"))
+    assert "break_stream" in caught.value.message
 
 
 def test_fault_times_applies_to_the_first_n_requests_per_key(client: openai.OpenAI) -> None:

@@ -106,7 +106,11 @@ def test_make_chart_draws_a_coloured_bar_per_value() -> None:
 
 
 def rows_with(image: Image.Image, colour: tuple[int, int, int]) -> list[int]:
-    return sorted({i // image.width for i, px in enumerate(image.getdata()) if px == colour})
+    return [
+        y
+        for y in range(image.height)
+        if colour in {c for _, c in image.crop((0, y, image.width, y + 1)).getcolors(4096) or []}
+    ]
 
 
 BLUE, ORANGE = (31, 119, 180), (255, 127, 14)  # the first two bar colours

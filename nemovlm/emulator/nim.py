@@ -454,7 +454,7 @@ async def _process_chat(body: dict[str, Any], request: Request) -> _Chat:
     if stream_options and not stream:
         raise _BadRequest("Stream options can only be defined when `stream=True`.")
     include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
-    if body.get("n", 1) != 1:
+    if body.get("n") not in (None, 1):
         raise _BadRequest("The emulator answers with one choice: leave 'n' out or set it to 1.")
     tools, tool_choice = _process_tools(body, rules, model)
     sampling = _process_sampling(body.get("media_io_kwargs"))
@@ -1008,12 +1008,13 @@ def _resolve_ref(root: Any, ref: str) -> Any:
     if not ref.startswith("#"):
         raise _BadRequest(f"JSON schema $ref {ref!r}: only local '#/...' references work.")
     node = root
-    for key in ref.lstrip("#").strip("/").split("/"):
+    for raw_key in ref.lstrip("#").strip("/").split("/"):
+        key = raw_key.replace("~1", "/").replace("~0", "~")  # JSON Pointer escapes
         if not key:
             continue
         if not isinstance(node, dict) or key not in node:
             raise _BadRequest(f"JSON schema $ref {ref!r} points nowhere in the schema.")
-        node = node[key.replace("~1", "/").replace("~0", "~")]
+        node = node[key]
     return node
 
 
