@@ -612,7 +612,8 @@ def _process_image_bytes(
         width=height if turned else width,
         height=width if turned else height,
     )
-    animated = getattr(image, "n_frames", 1) > 1
+    # Camera JPEGs (MPO) carry extra pictures as "frames", but they are stills.
+    animated = getattr(image, "n_frames", 1) > 1 and fmt != "jpeg"
     # A downscaled animation would lose its frames; an accepted one goes as it is.
     too_big = budget is not None and width * height > budget and not animated
     if not needs_conversion and (not too_big or fmt not in _PIL_WRITERS):
@@ -668,7 +669,7 @@ def _open_image(data: bytes, fmt: str, part: MediaPart) -> Image.Image:
 def _decode(image: Image.Image, part: MediaPart, draft_to: tuple[int, int] | None = None) -> None:
     """Decode the pixels (first frame), so corrupt data fails here and not at the server."""
     try:
-        if draft_to is not None and image.format == "JPEG":
+        if draft_to is not None and image.format in ("JPEG", "MPO"):
             # JPEG can decode straight at 1/2, 1/4 or 1/8 scale, never below draft_to.
             image.draft(image.mode, draft_to)
         image.load()
@@ -698,6 +699,9 @@ def _has_alpha(image: Image.Image) -> bool:
 
 
 def _to_encodable_mode(image: Image.Image, fmt: str, for_resize: bool = False) -> Image.Image:
+    if image.mode.startswith("I;16"):
+        # 16-bit grey: keep the top 8 bits, where a plain convert would clip to white.
+        image = image.convert("I").point(lambda v: v * (1 / 256)).convert("L")
     alpha = _has_alpha(image)
     if fmt == "jpeg":
         if image.mode in ("L", "RGB"):

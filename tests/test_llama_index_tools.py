@@ -33,6 +33,8 @@ LLAMA8 = "nvidia/llama-3.1-nemotron-nano-vl-8b-v1"
 NANO12 = "nvidia/nemotron-nano-12b-v2-vl"
 GEMMA = "google/diffusiongemma-26b-a4b-it"
 ALL_MODELS = [NANO12, GEMMA, LLAMA8]
+# FunctionAgent's workflow runs inspect.getmembers over pydantic objects (upstream noise).
+quiet_agent = pytest.mark.filterwarnings("ignore::DeprecationWarning:inspect")
 
 
 def get_weather(city: str) -> str:
@@ -217,6 +219,7 @@ def test_predict_and_call_runs_the_chosen_tool(nano12: NemoVLM) -> None:
     assert isinstance(result.sources[0], ToolOutput)
 
 
+@quiet_agent
 @pytest.mark.parametrize("model", ALL_MODELS)
 @pytest.mark.parametrize("streaming", [False, True], ids=["plain", "streaming"])
 async def test_function_agent_runs_a_tool_loop_to_a_final_answer(
@@ -232,6 +235,7 @@ async def test_function_agent_runs_a_tool_loop_to_a_final_answer(
     assert len(wire.bodies()) == 2
 
 
+@quiet_agent
 async def test_function_agent_streams_thinking_deltas(nim_url: str) -> None:
     from llama_index.core.agent.workflow import AgentStream
 

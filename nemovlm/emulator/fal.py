@@ -80,6 +80,8 @@ _FAULT_MARKER = re.compile(r"\[emulator-fault:(failed|422|slow)\]")
 _TOOLS = re.compile(r"<tools>\s*(.*?)\s*</tools>", re.DOTALL)
 _TOOL_CHOICE = re.compile(r"<tool_choice>\s*(.*?)\s*</tool_choice>", re.DOTALL)
 _JSON_SCHEMA = re.compile(r"<json_schema>\s*(.*?)\s*</json_schema>", re.DOTALL)
+# A real block, not the protocol's own mention of "<tool_result> blocks".
+_TOOL_RESULT = re.compile(r"<tool_result[^>]*>.*?</tool_result>", re.DOTALL)
 _PROTOCOL_BLOCK = re.compile(
     r"<(tools|tool_choice|json_schema|tool_result)[^>]*>.*?</\1>", re.DOTALL
 )
@@ -310,7 +312,7 @@ def _protocol_reply(text: str) -> str | None:
     hint = _short_hint(text)
     tools_match = _TOOLS.search(text)
     choice_match = _TOOL_CHOICE.search(text)
-    if tools_match and choice_match and "<tool_result" not in text:
+    if tools_match and choice_match and not _TOOL_RESULT.search(text):
         choice = choice_match.group(1).strip()
         try:
             tools = json.loads(tools_match.group(1))
