@@ -70,7 +70,9 @@ class ChatNemoFal(_NemoChatModel):
     line, completed) goes to the run's LangChain callbacks as ``on_text`` (the text
     reads ``fal <model> request <id>: queued at position 0``; handlers also receive the
     structured ``QueueUpdate`` as the ``fal_queue_update`` keyword), and to the
-    ``nemovlm.backends.fal`` logger at INFO.
+    ``nemovlm.backends.fal`` logger at INFO. langchain-core 1.7's ``stream``/``astream``
+    (and ``streaming=True``) hand the model no run manager, so there the logger is
+    the only channel.
 
     Streaming: fal answers whole, so ``stream`` yields the answer as one chunk with
     reasoning and usage on it. ``response_metadata`` holds ``model_name``,
@@ -79,6 +81,8 @@ class ChatNemoFal(_NemoChatModel):
 
     ``timeout`` bounds the whole queued request (more than 1 s, or ``None``); on
     expiry the request is cancelled on fal's queue and ``RequestTimeoutError`` raised.
+    ``max_retries`` does not apply: fal-client retries 408/409/429 and connection
+    errors on its own.
     """
 
     api_key: SecretStr | None = Field(

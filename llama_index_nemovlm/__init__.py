@@ -20,7 +20,11 @@ __all__ = ["NemoFal", "NemoFalMultiModal", "NemoVLM", "NemoVLMMultiModal"]
 
 def __getattr__(name: str) -> Any:
     if name in ("NemoFal", "NemoFalMultiModal"):
-        from llama_index_nemovlm import fal
-
+        try:
+            from llama_index_nemovlm import fal
+        except ModuleNotFoundError as exc:
+            if exc.name != "fal_client":
+                raise
+            raise ImportError(f"{name} needs fal-client: pip install 'nemovlm[fal]'.") from exc
         return getattr(fal, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

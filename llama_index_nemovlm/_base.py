@@ -11,6 +11,7 @@ document goes through the same mapping as an ``ImageBlock``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -51,6 +52,8 @@ from nemovlm.profiles import ModelProfile, get_profile
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
+
+ImageDocuments = Sequence[ImageNode | ImageDocument | ImageBlock]
 
 
 class _Backend(Protocol):
@@ -171,12 +174,20 @@ class _NemoLLM(_NemoSettings, FunctionCallingLLM):
 
     # --- neutral calls (shared with the multi-modal classes) --------------------
 
+    def _reporting(self) -> AbstractContextManager[Any]:
+        """Held around backend work only (the fal classes report queue progress in it)."""
+        return nullcontext()
+
     def _call(self, turns: list[Turn], kwargs: dict[str, Any]) -> ChatResponse:
-        reply = self.backend.complete(turns, self._options(kwargs))
+        options = self._options(kwargs)
+        with self._reporting():
+            reply = self.backend.complete(turns, options)
         return _process_reply(reply, self.model)
 
     async def _acall(self, turns: list[Turn], kwargs: dict[str, Any]) -> ChatResponse:
-        reply = await self.backend.acomplete(turns, self._options(kwargs))
+        options = self._options(kwargs)
+        with self._reporting():
+            reply = await self.backend.acomplete(turns, options)
         return _process_reply(reply, self.model)
 
     def _stream_call(self, turns: list[Turn], kwargs: dict[str, Any]) -> ChatResponseGen:
@@ -184,7 +195,13 @@ class _NemoLLM(_NemoSettings, FunctionCallingLLM):
 
         def gen() -> ChatResponseGen:
             state = _StreamState(self.model)
-            for delta in self.backend.stream(turns, options):
+            deltas = self.backend.stream(turns, options)
+            while True:
+                # Not across the yield: the caller's code between chunks is not ours.
+                with self._reporting():
+                    delta = next(deltas, None)
+                if delta is None:
+                    break
                 response = state.feed(delta)
                 if response is not None:
                     yield response
@@ -197,7 +214,12 @@ class _NemoLLM(_NemoSettings, FunctionCallingLLM):
 
         async def gen() -> ChatResponseAsyncGen:
             state = _StreamState(self.model)
-            async for delta in self.backend.astream(turns, options):
+            deltas = aiter(self.backend.astream(turns, options))
+            while True:
+                with self._reporting():
+                    delta = await anext(deltas, None)
+                if delta is None:
+                    break
                 response = state.feed(delta)
                 if response is not None:
                     yield response
@@ -272,8 +294,8 @@ class _NemoLLM(_NemoSettings, FunctionCallingLLM):
         prepared: dict[str, Any] = {"messages": messages, **kwargs}
         if specs:
             prepared["tools"] = specs
-            choice = tool_choice if tool_choice is not None else (
-                "required" if tool_required else None
+            choice = (
+                tool_choice if tool_choice is not None else ("required" if tool_required else None)
             )
             if choice is not None:
                 prepared["tool_choice"] = choice
@@ -340,33 +362,31 @@ class _NemoMultiModal(_NemoSettings, MultiModalLLM):
         # The callbacks call this; MultiModalLLM (llama-index-core 0.14) lacks it.
         return {"class_name": self.class_name(), **self.metadata.model_dump()}
 
-    def _document_turns(
-        self, prompt: str, image_documents: Sequence[ImageNode | ImageDocument | ImageBlock]
-    ) -> list[Turn]:
+    def _document_turns(self, prompt: str, image_documents: ImageDocuments) -> list[Turn]:
         policy = self._media_policy()
         media = [_map_image_document(d, policy) for d in image_documents]
         return [Turn("user", [*media, TextPart(prompt)] if prompt else list(media))]
 
     def complete(
-        self, prompt: str, image_documents: Sequence[ImageNode | ImageDocument | ImageBlock], **kwargs: Any
+        self, prompt: str, image_documents: ImageDocuments, **kwargs: Any
     ) -> CompletionResponse:
         turns = self._document_turns(prompt, image_documents)
         return _process_completion(self.llm._call(turns, kwargs))
 
     async def acomplete(
-        self, prompt: str, image_documents: Sequence[ImageNode | ImageDocument | ImageBlock], **kwargs: Any
+        self, prompt: str, image_documents: ImageDocuments, **kwargs: Any
     ) -> CompletionResponse:
         turns = self._document_turns(prompt, image_documents)
         return _process_completion(await self.llm._acall(turns, kwargs))
 
     def stream_complete(
-        self, prompt: str, image_documents: Sequence[ImageNode | ImageDocument | ImageBlock], **kwargs: Any
+        self, prompt: str, image_documents: ImageDocuments, **kwargs: Any
     ) -> CompletionResponseGen:
         turns = self._document_turns(prompt, image_documents)
         return _completions(self.llm._stream_call(turns, kwargs))
 
     async def astream_complete(
-        self, prompt: str, image_documents: Sequence[ImageNode | ImageDocument | ImageBlock], **kwargs: Any
+        self, prompt: str, image_documents: ImageDocuments, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
         turns = self._document_turns(prompt, image_documents)
         return _acompletions(self.llm._astream_call(turns, kwargs))

@@ -51,7 +51,6 @@ from nemovlm.media import MediaPolicy, media_from_string
 from nemovlm.messages import (
     Delta,
     InvalidToolCall,
-    MediaKind,
     MediaPart,
     Part,
     Reply,
@@ -353,9 +352,11 @@ class _StreamState:
         message = _process_message("".join(self.text), "".join(self.reasoning), calls)
         extra = {"thinking_delta": delta.reasoning} if delta.reasoning else {}
         return ChatResponse(
-            message=message, delta=delta.text, raw=_process_raw(delta, self.model),
+            message=message,
+            delta=delta.text,
+            raw=_process_raw(delta, self.model),
             additional_kwargs=extra,
-        )  # fmt: skip
+        )
 
     def last(self) -> ChatResponse:
         """The closing response: the whole reply as a plain call returns it, empty delta."""

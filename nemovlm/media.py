@@ -403,7 +403,12 @@ def _allowed_path(text: str, scheme: str | None, kind: MediaKind, policy: MediaP
         candidate = Path(url2pathname(parts.path))
     else:
         candidate = Path(text).expanduser()
-    resolved = candidate.resolve()
+    try:
+        resolved = candidate.resolve()
+    except (OSError, ValueError) as exc:  # e.g. an embedded NUL, a symlink loop
+        raise UnsupportedInputError(
+            f"The {kind} {_shorten(text)!r} is not a usable path ({exc})."
+        ) from exc
     for root in policy.allowed_dirs:
         # resolve() both sides: symlinks and '..' cannot lead out of an allowed dir.
         if resolved.is_relative_to(Path(root).expanduser().resolve()):

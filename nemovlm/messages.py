@@ -29,7 +29,7 @@ class MediaPart:
     ``url`` is an http(s) URL (passed through) or a ``data:`` URL; ``data`` is raw
     bytes; ``path`` is a local file the caller explicitly asked to send (a
     ``pathlib.Path``, LlamaIndex ``ImageBlock(path=...)``). Strings that merely look
-    like paths never become ``path``: see ``nemovlm.media.resolve_url``.
+    like paths never become ``path``: see ``nemovlm.media.media_from_string``.
     """
 
     kind: MediaKind

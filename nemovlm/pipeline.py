@@ -73,6 +73,9 @@ class PreparedConversation:
     """Send ``options.tools`` as native tools."""
     json_mode: Literal["native", "prompt"] | None
     processor: ReplyProcessor
+    video_fps_hint: float | None = None
+    """A per-video sampling rate the caller attached to a video (LlamaIndex
+    ``VideoBlock.fps``); request-level ``video_fps``/``video_num_frames`` win."""
 
     @property
     def images(self) -> list[PreparedMedia]:
@@ -127,12 +130,14 @@ def prepare(
         prompt_json=json_mode == "prompt",
         expect_reasoning=reasoning_enabled(options, profile) and options.include_reasoning,
     )
+    hints = [m.fps for t in work for m in t.media if m.kind == "video" and m.fps]
     return PreparedConversation(
         turns=prepared,
         params=params,
         native_tools=bool(options.tools) and profile.tools == "native",
         json_mode=json_mode,
         processor=processor,
+        video_fps_hint=hints[0] if hints else None,
     )
 
 

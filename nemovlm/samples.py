@@ -60,7 +60,7 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     # load_default(size) needs FreeType; without it Pillow's fixed bitmap font serves.
     try:
         return ImageFont.load_default(size=size)
-    except (ImportError, OSError):
+    except (ImportError, OSError, TypeError):  # TypeError: Pillow < 10.1 has no size=
         return ImageFont.load_default()
 
 

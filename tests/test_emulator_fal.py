@@ -19,10 +19,11 @@ import pytest
 from PIL import Image
 
 from nemovlm.emulator.fal import (
+    BROKEN_TOOL_CALL,
     DIFFUSION_APP,
     OMNI_APP,
     FalEmulator,
-    start_fal_emulator,
+    use_fal_emulator,
 )
 from nemovlm.samples import make_mp4
 
@@ -31,16 +32,11 @@ FAST = 0.01  # poll interval: the emulator is local
 
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[FalEmulator]:
-    emu = start_fal_emulator()
-    undo = emu.aim_fal_client()
-    try:
+    with use_fal_emulator() as emu:
         yield emu
-    finally:
-        undo()
-        emu.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def client(emulator: FalEmulator) -> fal_client.SyncClient:
     return fal_client.SyncClient(key="test-key")
 
@@ -547,3 +543,11 @@ def test_a_fault_marker_in_the_prompt_works_like_an_injected_fault(
             DIFFUSION_APP, diffusion(prompt="[emulator-fault:failed] hi"), interval=FAST
         )
     assert info.value.status_code == 500
+
+
+def test_an_injected_bad_json_fault_cuts_the_output_mid_tool_call(
+    client: fal_client.SyncClient, emulator: FalEmulator
+) -> None:
+    emulator.inject_fault("bad_json")
+    result = client.subscribe(DIFFUSION_APP, diffusion(), interval=FAST)
+    assert result["output"] == BROKEN_TOOL_CALL

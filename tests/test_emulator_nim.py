@@ -557,6 +557,32 @@ def test_native_tool_call_synthesizes_arguments_from_the_schema(client: openai.O
     }
 
 
+def function_tool(name: str, **properties: str) -> dict[str, Any]:
+    schema = {
+        "type": "object",
+        "properties": {key: {"type": kind} for key, kind in properties.items()},
+        "required": list(properties),
+    }
+    return {"type": "function", "function": {"name": name, "parameters": schema}}
+
+
+def test_tool_arguments_take_the_first_number_in_the_user_text(client: openai.OpenAI) -> None:
+    tool = function_tool("magic_function", input="integer", scale="number")
+    messages = [user("What is the value of magic_function(3)? Use the tool.")]
+    call = ask(client, NANO_12B, messages, tools=[tool]).choices[0].message.tool_calls[0]
+    assert json.loads(call.function.arguments) == {"input": 3, "scale": 3}
+
+
+def test_tool_arguments_take_a_quoted_phrase_unescaped(http: httpx.Client) -> None:
+    body = {
+        "model": GEMMA,
+        "messages": [user("Create a customer named '你好啊集团' (Hello Group)")],
+        "tools": [function_tool("unicode_customer", customer_name="string")],
+    }
+    call = raw_post(http, body).json()["choices"][0]["message"]["tool_calls"][0]
+    assert call["function"]["arguments"] == '{"customer_name": "你好啊集团"}'
+
+
 def test_named_tool_choice_picks_that_tool(client: openai.OpenAI) -> None:
     other = {"type": "function", "function": {"name": "get_time", "parameters": {}}}
     completion = ask(

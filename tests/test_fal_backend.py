@@ -27,7 +27,7 @@ from nemovlm.backends.fal import (
     report_queue_progress,
     resolve_fal_key,
 )
-from nemovlm.emulator.fal import FalEmulator, start_fal_emulator
+from nemovlm.emulator.fal import FalEmulator, use_fal_emulator
 from nemovlm.errors import (
     MissingCredentialsError,
     RequestError,
@@ -44,13 +44,8 @@ KEY = "fal-test-key-0123456789"
 
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[FalEmulator]:
-    emu = start_fal_emulator()
-    undo = emu.aim_fal_client()
-    try:
+    with use_fal_emulator() as emu:
         yield emu
-    finally:
-        undo()
-        emu.stop()
 
 
 def backend(model: str, **kw: Any) -> FalBackend:
@@ -372,6 +367,11 @@ def test_omni_without_a_video_is_refused(omni: FalBackend) -> None:
         omni.complete([user("Hello")], options())
 
 
+def test_omni_with_two_videos_is_refused(omni: FalBackend) -> None:
+    with pytest.raises(UnsupportedInputError, match="Send one video per call"):
+        omni.complete([user("Compare", video(), video(duration_s=1.0))], options())
+
+
 def test_an_image_sent_to_omni_is_refused(omni: FalBackend) -> None:
     with pytest.raises(UnsupportedInputError, match="accepts no image"):
         omni.complete([user("What is it?", image(), video())], options())
@@ -393,11 +393,7 @@ def test_a_data_url_is_sent_inline(diffusion: FalBackend, emulator: FalEmulator)
 
 
 def test_bytes_over_one_megabyte_are_uploaded(diffusion: FalBackend, emulator: FalEmulator) -> None:
-    from PIL import Image
-
     noise = Image.frombytes("RGB", (640, 640), os.urandom(640 * 640 * 3))
-    import io
-
     buf = io.BytesIO()
     noise.save(buf, "PNG")
     assert len(buf.getvalue()) > 1_000_000

@@ -10,7 +10,7 @@ import json
 from typing import TYPE_CHECKING
 
 import pytest
-from llama_index.core.agent.workflow import FunctionAgent
+from llama_index.core.agent.workflow import AgentOutput, FunctionAgent
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
@@ -96,7 +96,9 @@ def test_tool_required_sends_tool_choice_required(nano12: NemoVLM, wire: WireLog
 
 
 def test_tool_choice_by_name_sends_a_function_choice(nano12: NemoVLM, wire: WireLog) -> None:
-    response = nano12.chat_with_tools([WEATHER, TIME], user_msg="Time in UTC", tool_choice="get_time")
+    response = nano12.chat_with_tools(
+        [WEATHER, TIME], user_msg="Time in UTC", tool_choice="get_time"
+    )
     assert wire.last()["tool_choice"] == {"type": "function", "function": {"name": "get_time"}}
     assert tool_calls(response)[0].tool_name == "get_time"
 
@@ -107,9 +109,7 @@ def test_tool_choice_naming_no_bound_tool_is_refused(nano12: NemoVLM, wire: Wire
     assert wire.bodies() == []
 
 
-def test_llama_nano_vl_calls_tools_through_the_prompt_protocol(
-    nim_url: str, wire: WireLog
-) -> None:
+def test_llama_nano_vl_calls_tools_through_the_prompt_protocol(nim_url: str, wire: WireLog) -> None:
     llm = NemoVLM(model=LLAMA8, base_url=nim_url)
     response = llm.chat_with_tools([WEATHER], user_msg="Weather in Oslo?")
     body = wire.last()
@@ -146,6 +146,22 @@ def test_unparseable_tool_arguments_are_reported_not_called(nim_url: str) -> Non
         llm.get_tool_calls_from_response(response)
 
 
+def test_only_the_first_call_is_kept_unless_parallel_calls_are_allowed(nano12: NemoVLM) -> None:
+    def two_calls() -> ChatResponse:
+        blocks = [
+            ToolCallBlock(tool_call_id="a", tool_name="get_weather", tool_kwargs={"city": "A"}),
+            ToolCallBlock(tool_call_id="b", tool_name="get_time", tool_kwargs={"zone": "B"}),
+        ]
+        return ChatResponse(message=ChatMessage(role="assistant", blocks=blocks))
+
+    single = nano12._validate_chat_with_tools_response(two_calls(), [WEATHER, TIME])
+    parallel = nano12._validate_chat_with_tools_response(
+        two_calls(), [WEATHER, TIME], allow_parallel_tool_calls=True
+    )
+    assert [c.tool_id for c in nano12.get_tool_calls_from_response(single)] == ["a"]
+    assert [c.tool_id for c in nano12.get_tool_calls_from_response(parallel)] == ["a", "b"]
+
+
 def test_stream_chat_with_tools_ends_with_the_whole_call(nano12: NemoVLM) -> None:
     responses = list(nano12.stream_chat_with_tools([WEATHER], user_msg="Weather in Lima?"))
     partial = [r for r in responses[:-1] if tool_calls(r)]
@@ -169,9 +185,12 @@ def test_tool_call_blocks_and_tool_results_reach_the_wire(nano12: NemoVLM, wire:
         ChatMessage(role="user", content="Weather in Paris?"),
         ChatMessage(
             role="assistant",
-            blocks=[ToolCallBlock(tool_call_id="call_1", tool_name="get_weather",
-                                  tool_kwargs={"city": "Paris"})],
-        ),  # fmt: skip
+            blocks=[
+                ToolCallBlock(
+                    tool_call_id="call_1", tool_name="get_weather", tool_kwargs={"city": "Paris"}
+                )
+            ],
+        ),
         ChatMessage(role="tool", content="Sunny", additional_kwargs={"tool_call_id": "call_1"}),
     ]
     response = nano12.chat(history)
@@ -228,7 +247,7 @@ async def test_function_agent_runs_a_tool_loop_to_a_final_answer(
     agent = FunctionAgent(
         tools=[WEATHER], llm=NemoVLM(model=model, base_url=nim_url), streaming=streaming
     )
-    result = await agent.run("What is the weather in Paris?")
+    result: AgentOutput = await agent.run("What is the weather in Paris?")
     assert [c.tool_name for c in result.tool_calls] == ["get_weather"]
     assert result.tool_calls[0].tool_kwargs == {"city": "Paris"}
     assert str(result) == "[nemovlm emulator] Tool result received: Sunny in Paris"
@@ -264,7 +283,7 @@ async def test_astructured_predict_works_through_prompt_tools(nim_url: str) -> N
 
 def test_stream_structured_predict_ends_with_the_whole_object(nano12: NemoVLM) -> None:
     *_, last = nano12.stream_structured_predict(Song, PromptTemplate("A song about {t}"), t="sea")
-    assert (last.title, last.year) == ("sea", 1)
+    assert last.model_dump() == {"title": "sea", "year": 1}
 
 
 def test_as_structured_llm_chat_returns_the_object_as_raw(nano12: NemoVLM) -> None:

@@ -11,6 +11,8 @@ import io
 import os
 import random
 import struct
+import subprocess
+import sys
 import threading
 import tracemalloc
 from collections import Counter
@@ -273,6 +275,11 @@ def test_missing_file_inside_an_allowed_dir_is_refused(tmp_path: Path) -> None:
         media_from_string(
             str(tmp_path / "nope.png"), "image", MediaPolicy(allowed_dirs=(tmp_path,))
         )
+
+
+def test_string_that_cannot_be_a_path_is_refused_cleanly(tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedInputError, match="not a usable path"):
+        media_from_string("a\x00b.png", "image", MediaPolicy(allowed_dirs=(tmp_path,)))
 
 
 def test_file_url_naming_another_host_is_refused(tmp_path: Path) -> None:
@@ -955,3 +962,14 @@ def test_video_info_on_damaged_files_returns_info_or_unsupported_input(
     except UnsupportedInputError:
         return
     assert isinstance(info, VideoInfo)
+
+
+def test_media_and_samples_import_no_framework() -> None:
+    probe = (
+        "import sys, nemovlm.media, nemovlm.samples; "
+        "print(sorted(m for m in sys.modules if m.startswith(('langchain', 'llama_index'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

@@ -23,10 +23,12 @@ routes it to callbacks).
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import math
 import os
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -260,7 +262,9 @@ class FalBackend:
     upload_threshold_bytes: int = UPLOAD_THRESHOLD_BYTES
     policy: MediaPolicy = field(default_factory=MediaPolicy)
     _client: fal_client.SyncClient | None = field(default=None, init=False, repr=False)
-    _aclient: fal_client.AsyncClient | None = field(default=None, init=False, repr=False)
+    _aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, fal_client.AsyncClient] = field(
+        default_factory=weakref.WeakKeyDictionary, init=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         if self.timeout is not None and self.timeout <= MIN_TIMEOUT_S:
@@ -285,14 +289,19 @@ class FalBackend:
 
     @property
     def async_client(self) -> fal_client.AsyncClient:
-        if self._aclient is None:
-            self._aclient = fal_client.AsyncClient(key=self.api_key.get_secret_value())
-        return self._aclient
+        """The async client of the running event loop: its connections belong to the
+        loop, so a model used from several loops (``asyncio.run`` twice) gets one each."""
+        loop = asyncio.get_running_loop()
+        client = self._aclients.get(loop)
+        if client is None:
+            client = fal_client.AsyncClient(key=self.api_key.get_secret_value())
+            self._aclients[loop] = client
+        return client
 
     def __getstate__(self) -> dict[str, Any]:
         # Clients hold sockets and locks: a pickled backend rebuilds them where it lands.
         state = self.__dict__.copy()
-        state.update(_client=None, _aclient=None)
+        state.update(_client=None, _aclients=weakref.WeakKeyDictionary())
         return state
 
     # --- calls ------------------------------------------------------------------
@@ -331,7 +340,10 @@ class FalBackend:
     async def _acomplete(
         self, turns: Sequence[Turn], options: RequestOptions, *, stream: bool
     ) -> Reply:
-        prepared = prepare(turns, options, self.profile, self.policy, stream=stream)
+        # Media preparation decodes images and reads video headers: off the event loop.
+        prepared = await asyncio.to_thread(
+            prepare, turns, options, self.profile, self.policy, stream=stream
+        )
         arguments, upload = self._map_arguments(prepared, options)
         tracker = _QueueTracker(self.profile.model, _PROGRESS.get())
         with _converted_errors(self.profile.model, self.timeout, tracker):

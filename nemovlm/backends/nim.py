@@ -12,8 +12,10 @@ Errors from the SDK are converted once, in ``_converted_errors``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -87,7 +89,10 @@ class NIMBackend:
     async_http_client: Any = None
     policy: MediaPolicy = field(default_factory=MediaPolicy)
     _client: openai.OpenAI | None = field(default=None, init=False, repr=False)
-    _aclient: openai.AsyncOpenAI | None = field(default=None, init=False, repr=False)
+    _aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, openai.AsyncOpenAI] = field(
+        default_factory=weakref.WeakKeyDictionary, init=False, repr=False
+    )
+    _aclient_own: openai.AsyncOpenAI | None = field(default=None, init=False, repr=False)
 
     # --- clients ----------------------------------------------------------------
 
@@ -109,16 +114,36 @@ class NIMBackend:
 
     @property
     def async_client(self) -> openai.AsyncOpenAI:
-        if self._aclient is None:
-            self._aclient = openai.AsyncOpenAI(
-                **self._client_kwargs(), http_client=self.async_http_client
+        """The async client of the running event loop: pooled connections belong to the
+        loop that opened them, so a model used from several loops (``asyncio.run`` twice,
+        one loop per test) gets one client each instead of reusing dead connections."""
+        if self.async_http_client is not None:
+            # The caller's own client is bound to whichever loop they made it for.
+            if self._aclient_own is None:
+                self._aclient_own = openai.AsyncOpenAI(
+                    **self._client_kwargs(), http_client=self.async_http_client
+                )
+            return self._aclient_own
+        loop = asyncio.get_running_loop()
+        # A client holds its loop through its connections, so weak keys alone never
+        # let go: drop the clients of loops that have closed.
+        for done in [old for old in self._aclients if old.is_closed()]:
+            del self._aclients[done]
+        client = self._aclients.get(loop)
+        if client is None:
+            # The SDK's default wrapper would try to close a dropped client on the
+            # *current* loop; its plain default client just lets go.
+            client = openai.AsyncOpenAI(
+                **self._client_kwargs(), http_client=openai.DefaultAsyncHttpxClient()
             )
-        return self._aclient
+            self._aclients[loop] = client
+        return client
 
     def __getstate__(self) -> dict[str, Any]:
         # Clients hold sockets and locks: a pickled backend rebuilds them where it lands.
         state = self.__dict__.copy()
-        state.update(_client=None, _aclient=None, http_client=None, async_http_client=None)
+        state.update(_client=None, _aclient_own=None, http_client=None, async_http_client=None)
+        state["_aclients"] = weakref.WeakKeyDictionary()
         return state
 
     # --- calls ------------------------------------------------------------------
@@ -193,6 +218,8 @@ class NIMBackend:
             video["fps"] = options.video_fps
         if options.video_num_frames is not None:
             video["num_frames"] = options.video_num_frames
+        if not video and prepared.video_fps_hint and self.profile.video_sampling:
+            video["fps"] = prepared.video_fps_hint
         if video and prepared.videos:
             extra["media_io_kwargs"] = {"video": video}
         if options.max_num_tiles is not None:

@@ -8,7 +8,11 @@ or demo then runs fal-client's real HTTP code, unpatched above the URL constants
 
 Flow: ``start_fal_emulator`` makes the CA, a CA bundle (the existing trust plus that
 CA) and serves ``create_fal_app``; ``FalEmulator.env`` is what a client process needs
-(hosts and ``SSL_CERT_FILE``); ``aim_fal_client`` also redirects uploads.
+(hosts and ``SSL_CERT_FILE``); ``aim_fal_client`` also redirects uploads;
+``use_fal_emulator`` does both and undoes them::
+
+    with use_fal_emulator() as emulator:
+        fal_client.SyncClient(key="any").subscribe("fal-ai/nemotron-diffusion-vlm", {...})
 
 Routes, as fal-client 1.0.x calls them::
 
@@ -36,11 +40,13 @@ replies synthesised from the schemas.
 Faults, for tests: ``FalEmulator.inject_fault(kind)`` (the next request) or the
 marker ``[emulator-fault:KIND]`` anywhere in the prompt. ``failed``: the result is a
 500; ``422``: the result is a validation error; ``slow``: the request stays
-IN_PROGRESS for ``FalEmulatorSettings.slow_seconds`` (to test cancellation).
+IN_PROGRESS for ``FalEmulatorSettings.slow_seconds`` (to test cancellation);
+``bad_json``: the output is a tool call cut off mid-JSON (``BROKEN_TOOL_CALL``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import base64
 import binascii
@@ -55,7 +61,8 @@ import tempfile
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -70,13 +77,14 @@ from starlette.routing import Route
 
 from nemovlm.emulator.server import RunningServer
 
-FaultKind = Literal["failed", "422", "slow"]
-FAULT_KINDS: tuple[FaultKind, ...] = ("failed", "422", "slow")
+FaultKind = Literal["failed", "422", "slow", "bad_json"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("failed", "422", "slow", "bad_json")
+BROKEN_TOOL_CALL = '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Par'
 EMULATOR_TAG = "[nemovlm emulator]"
 DIFFUSION_APP = "fal-ai/nemotron-diffusion-vlm"
 OMNI_APP = "nvidia/nemotron-3-nano-omni/video"
 
-_FAULT_MARKER = re.compile(r"\[emulator-fault:(failed|422|slow)\]")
+_FAULT_MARKER = re.compile(r"\[emulator-fault:(failed|422|slow|bad_json)\]")
 _TOOLS = re.compile(r"<tools>\s*(.*?)\s*</tools>", re.DOTALL)
 _TOOL_CHOICE = re.compile(r"<tool_choice>\s*(.*?)\s*</tool_choice>", re.DOTALL)
 _JSON_SCHEMA = re.compile(r"<json_schema>\s*(.*?)\s*</json_schema>", re.DOTALL)
@@ -493,7 +501,10 @@ def _run_app(app: str, arguments: Any, fault: FaultKind | None, state: FalEmulat
         )
     if fault == "422":
         raise _unprocessable([_detail("prompt", f"{EMULATOR_TAG} injected validation error.")])
-    return _APPS[app](arguments, state)
+    result = _APPS[app](arguments, state)
+    if fault == "bad_json":
+        result["output"] = BROKEN_TOOL_CALL
+    return result
 
 
 def _fault_for(arguments: Any, state: FalEmulatorState) -> FaultKind | None:
@@ -708,8 +719,6 @@ async def run(request: Request) -> Response:
     arguments = await _read_json(request)
     fault = _fault_for(arguments, state)
     if fault == "slow":
-        import asyncio
-
         await asyncio.sleep(state.settings.slow_seconds)
         fault = None
     record = _QueuedRequest(str(uuid.uuid4()), app, _queue_app(app), arguments, fault)
@@ -881,6 +890,20 @@ def start_fal_emulator(
     return FalEmulator(server=server, state=app.state.fal, ca_bundle=bundle)
 
 
+@contextmanager
+def use_fal_emulator(
+    port: int = 0, *, settings: FalEmulatorSettings | None = None
+) -> Iterator[FalEmulator]:
+    """Start the emulator and aim this process's fal-client at it; undo both on exit."""
+    emulator = start_fal_emulator(port, settings=settings)
+    undo = emulator.aim_fal_client()
+    try:
+        yield emulator
+    finally:
+        undo()
+        emulator.stop()
+
+
 def _existing_trust() -> bytes:
     """The CAs clients trust now (``SSL_CERT_FILE`` or certifi), kept in the bundle so
     pointing ``SSL_CERT_FILE`` at it takes nothing away."""
@@ -944,6 +967,7 @@ def aim_fal_client(url: str, ca_bundle: Path | str) -> Callable[[], None]:
 
 __all__ = [
     "DIFFUSION_APP",
+    "BROKEN_TOOL_CALL",
     "EMULATOR_TAG",
     "FAULT_KINDS",
     "OMNI_APP",
@@ -955,4 +979,5 @@ __all__ = [
     "create_fal_app",
     "diffusion_blocks",
     "start_fal_emulator",
+    "use_fal_emulator",
 ]

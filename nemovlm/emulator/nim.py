@@ -795,10 +795,13 @@ def _compose_reply(chat: _Chat, ident: str, fault: str | None) -> _Reply:
         name = _chosen_tool(chat.tools, choice)["function"]["name"] if chat.tools else "get_weather"
         call = _ToolCall(f"call_{ident}_0", name, BROKEN_TOOL_ARGUMENTS)
         return _Reply(None, tool_calls=[call], finish_reason="tool_calls")
-    if chat.tools and choice != "none" and last.role == "user":
+    # A user turn right after tool results carries what the tools returned (images):
+    # the model reads it and answers, as a real one would, instead of calling again.
+    after_tools = len(chat.turns) > 1 and chat.turns[-2].role == "tool"
+    if chat.tools and choice != "none" and last.role == "user" and not after_tools:
         tool = _chosen_tool(chat.tools, choice)["function"]
         arguments = _synthesize(tool.get("parameters") or {}, tool.get("parameters"), hint)
-        call = _ToolCall(f"call_{ident}_0", tool["name"], json.dumps(arguments))
+        call = _ToolCall(f"call_{ident}_0", tool["name"], json.dumps(arguments, ensure_ascii=False))
         reply = _Reply(None, tool_calls=[call], finish_reason="tool_calls")
         return _with_reasoning(reply, chat, tool_call=True)
     if last.role == "tool":
@@ -812,14 +815,15 @@ def _compose_reply(chat: _Chat, ident: str, fault: str | None) -> _Reply:
             tool = _chosen_prompt_tool(tools, prompt_choice)
             params = tool.get("parameters")
             arguments = _synthesize(params or {}, params, hint)
-            content = json.dumps({"tool_calls": [{"name": tool["name"], "arguments": arguments}]})
+            calls = [{"name": tool["name"], "arguments": arguments}]
+            content = json.dumps({"tool_calls": calls}, ensure_ascii=False)
             return _finish(content, chat)
     if "<tool_result" in user_text:
         results = [m.group(2).strip() for m in _TOOL_RESULT.finditer(user_text)]
         return _finish(_tool_result_answer(results or [user_text]), chat)
     structured = _structured_output(chat, hint)
     if structured is not None:
-        return _finish(json.dumps(structured), chat)
+        return _finish(json.dumps(structured, ensure_ascii=False), chat)
     return _finish(_describe(chat), chat)
 
 
@@ -915,7 +919,7 @@ def _chosen_prompt_tool(tools: list[dict[str, Any]], choice: str) -> dict[str, A
     return next((t for t in tools if t["name"] == choice), tools[0])
 
 
-def _structured_output(chat: _Chat, hint: str) -> Any | None:
+def _structured_output(chat: _Chat, hint: _Hint) -> Any | None:
     """A JSON value when ``response_format`` or a ``<json_schema>`` prompt asks for one."""
     response_format = chat.body.get("response_format")
     if chat.rules.json_schema and isinstance(response_format, dict):
@@ -930,7 +934,7 @@ def _structured_output(chat: _Chat, hint: str) -> Any | None:
                 )
             return _synthesize(schema, schema, hint)
         if kind == "json_object":
-            return {"emulator": "nemovlm", "answer": hint}
+            return {"emulator": "nemovlm", "answer": hint.text}
         if kind not in ("text", None):
             raise _BadRequest(
                 f"response_format type {kind!r}: use 'text', 'json_object' or 'json_schema'."
@@ -947,16 +951,37 @@ def _structured_output(chat: _Chat, hint: str) -> Any | None:
     return _synthesize(schema, schema, hint)
 
 
-def _hint(turn: _Turn | None) -> str:
-    """A short string from the user's text for synthesized string values: its last word."""
-    words = re.findall(r"[\w'-]+", turn.text) if turn else []
-    return words[-1] if words else "emulated"
+@dataclass(frozen=True)
+class _Hint:
+    """Values taken from the user's text for synthesized arguments, so a caller can see
+    its own words come back (``get_weather("Paris")``, ``magic_function(3)``)."""
+
+    text: str = "emulated"
+    number: float | None = None
 
 
-def _synthesize(schema: Any, root: Any, hint: str, depth: int = 0) -> Any:
+_QUOTED = re.compile(r"""(?<!\w)'([^']{1,80})'(?!\w)|"([^"]{1,80})"|“([^”]{1,80})”""")
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
+
+
+def _hint(turn: _Turn | None) -> _Hint:
+    """Strings: the first quoted phrase of the user's text, else its last word; numbers:
+    the first number in it."""
+    text = turn.text if turn else ""
+    quoted = _QUOTED.search(text)
+    words = re.findall(r"[\w'-]+", text)
+    if quoted:
+        value = next(g for g in quoted.groups() if g is not None)
+    else:
+        value = words[-1] if words else "emulated"
+    number = _NUMBER.search(text)
+    return _Hint(value, float(number.group()) if number else None)
+
+
+def _synthesize(schema: Any, root: Any, hint: _Hint, depth: int = 0) -> Any:
     """A value valid for ``schema``: required properties only, the simplest of each type."""
     if not isinstance(schema, dict) or depth > 16:
-        return hint
+        return hint.text
     if isinstance(schema.get("$ref"), str):
         return _synthesize(_resolve_ref(root, schema["$ref"]), root, hint, depth + 1)
     if "const" in schema:
@@ -978,9 +1003,9 @@ def _synthesize(schema: Any, root: Any, hint: str, depth: int = 0) -> Any:
     if kind == "string":
         return _synthesize_string(schema, hint)
     if kind == "integer":
-        return math.ceil(_clamp(1, schema))
+        return math.ceil(_clamp(1 if hint.number is None else round(hint.number), schema))
     if kind == "number":
-        return _clamp(1.5, schema)
+        return _clamp(1.5 if hint.number is None else hint.number, schema)
     if kind == "boolean":
         return True
     if kind == "null":
@@ -1001,7 +1026,7 @@ def _synthesize(schema: Any, root: Any, hint: str, depth: int = 0) -> Any:
             name: _synthesize(properties.get(name, {"type": "string"}), root, hint, depth + 1)
             for name in required
         }
-    return hint
+    return hint.text
 
 
 def _resolve_ref(root: Any, ref: str) -> Any:
@@ -1053,8 +1078,8 @@ _STRING_FORMATS = {
 }
 
 
-def _synthesize_string(schema: dict[str, Any], hint: str) -> str:
-    value = _STRING_FORMATS.get(schema.get("format", ""), hint)
+def _synthesize_string(schema: dict[str, Any], hint: _Hint) -> str:
+    value = _STRING_FORMATS.get(schema.get("format", ""), hint.text)
     min_length, max_length = schema.get("minLength"), schema.get("maxLength")
     if isinstance(min_length, int) and len(value) < min_length:
         value = value.ljust(min_length, "x")

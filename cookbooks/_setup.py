@@ -1,0 +1,138 @@
+"""Where the cookbooks' models live: real endpoints when you have keys, else the emulator.
+
+Every cookbook starts with ``setup = connect()``:
+
+- NIM side: ``NVIDIA_BASE_URL`` (a NIM of yours) or ``NVIDIA_API_KEY`` (NVIDIA's hosted
+  catalog) makes it real; otherwise a local NIM emulator starts on a free port.
+- fal side: ``FAL_KEY`` (or ``FAL_KEY_ID`` + ``FAL_KEY_SECRET``) makes it real;
+  otherwise a local fal emulator starts and this process's ``fal-client`` is aimed at it.
+
+The emulator is not a model: it answers deterministically with what it received (parts,
+image sizes, video sampling, your text), which is enough to see every request go
+through the real ``openai`` / ``fal-client`` stack. ``connect`` says which side is which.
+
+No ``with`` block, so the setup survives across notebook cells; the emulators stop when
+the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import shutil
+import tempfile
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+EMULATOR_NOTE = "answers come from the local nemovlm EMULATOR (it echoes what it received)"
+
+
+@dataclass
+class Setup:
+    """What a cookbook needs to build its models."""
+
+    nim_base_url: str | None
+    """``base_url`` for ``ChatNemoVLM``/``NemoVLM``; ``None``: the hosted catalog."""
+    nim_emulated: bool
+    fal_emulated: bool
+    workdir: Path
+    """A temporary folder for the media the cookbook makes (removed at exit)."""
+    worker_env: dict[str, str] = field(default_factory=dict)
+    """Environment a worker process needs to reach the same endpoints (Ray, spawn)."""
+    fal_emulator: Any = None
+
+    @property
+    def offline(self) -> bool:
+        return self.nim_emulated and self.fal_emulated
+
+
+_stack = ExitStack()
+_current: Setup | None = None
+
+
+def _fal_key_set() -> bool:
+    return bool(
+        os.environ.get("FAL_KEY")
+        or (os.environ.get("FAL_KEY_ID") and os.environ.get("FAL_KEY_SECRET"))
+    )
+
+
+def connect() -> Setup:
+    """Start what is missing (once per process) and say where answers come from."""
+    global _current
+    if _current is not None:
+        return _current
+    workdir = Path(tempfile.mkdtemp(prefix="nemovlm-cookbook-"))
+    _stack.callback(shutil.rmtree, workdir, True)
+    worker_env: dict[str, str] = {}
+
+    nim_base_url = os.environ.get("NVIDIA_BASE_URL")
+    nim_emulated = not (nim_base_url or os.environ.get("NVIDIA_API_KEY"))
+    if nim_emulated:
+        from nemovlm.emulator import start_nim_emulator
+
+        nim = start_nim_emulator()
+        _stack.callback(nim.stop)
+        nim_base_url = nim.url + "/v1"
+
+    fal_emulator = None
+    fal_emulated = not _fal_key_set()
+    if fal_emulated:
+        from nemovlm.cli import EMULATOR_FAL_KEY
+        from nemovlm.emulator.fal import start_fal_emulator
+
+        fal_emulator = start_fal_emulator()
+        _stack.callback(fal_emulator.stop)
+        _stack.callback(fal_emulator.aim_fal_client())
+        os.environ["FAL_KEY"] = EMULATOR_FAL_KEY
+        _stack.callback(os.environ.pop, "FAL_KEY", None)
+        worker_env = {**fal_emulator.env, "FAL_KEY": EMULATOR_FAL_KEY}
+
+    atexit.register(_stack.close)
+    _current = Setup(
+        nim_base_url=nim_base_url,
+        nim_emulated=nim_emulated,
+        fal_emulated=fal_emulated,
+        workdir=workdir,
+        worker_env=worker_env,
+        fal_emulator=fal_emulator,
+    )
+    _announce(_current)
+    return _current
+
+
+def _announce(setup: Setup) -> None:
+    if setup.offline:
+        print(f"Offline: {EMULATOR_NOTE}.")
+        print("Set NVIDIA_API_KEY (or NVIDIA_BASE_URL) and FAL_KEY for real answers.\n")
+        return
+    nim = (
+        f"NIM: emulator at {setup.nim_base_url} ({EMULATOR_NOTE})"
+        if setup.nim_emulated
+        else f"NIM: {setup.nim_base_url or 'NVIDIA hosted API catalog'}"
+    )
+    fal = f"fal: emulator ({EMULATOR_NOTE})" if setup.fal_emulated else "fal: fal.ai (FAL_KEY)"
+    print(f"{nim}\n{fal}\n")
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to the end, from a script or from a notebook cell.
+
+    A notebook already runs an event loop, where ``asyncio.run`` refuses to start
+    another; a worker thread gets a loop of its own either way.
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def clip(text: object, limit: int = 300) -> str:
+    """An answer on one line, shortened for printing."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
