@@ -33,7 +33,7 @@ from langchain_nemovlm._convert import (
 from nemovlm.errors import UnsupportedInputError
 from nemovlm.media import MediaPolicy
 from nemovlm.messages import Delta, Reply, ToolSpec, Turn
-from nemovlm.options import RequestOptions, build_options
+from nemovlm.options import RequestOptions, build_options, option_settings
 from nemovlm.profiles import ModelProfile as NemoProfile
 from nemovlm.profiles import get_profile
 from nemovlm.tools import normalize_tool_choice
@@ -164,23 +164,11 @@ class _NemoChatModel(BaseChatModel):
             raise UnsupportedInputError(
                 f"This instance serves {self.model}; create another for {model}."
             )
-        settings = {
-            "max_tokens": self.max_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "seed": self.seed,
-            "reasoning": self.reasoning,
-            "include_reasoning": self.include_reasoning,
-            **self._extra_option_fields(),
-        }
+        settings = option_settings(self)
         overrides = dict(kwargs)
         if "tools" in overrides:
             overrides["tools"] = [_map_tool(t) for t in overrides["tools"]]
         return build_options(settings, overrides, extra=self.model_kwargs, stop=stop or self.stop)
-
-    def _extra_option_fields(self) -> dict[str, Any]:
-        """Backend-specific fields that map onto ``RequestOptions``."""
-        return {}
 
     def _request(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]

@@ -8,7 +8,7 @@ from langchain_core.utils import secret_from_env
 from pydantic import Field, SecretStr
 
 from langchain_nemovlm._base import _NemoChatModel
-from nemovlm.backends.nim import NIMBackend, resolve_api_key, resolve_base_url
+from nemovlm.backends.nim import NIMBackend
 
 
 class ChatNemoVLM(_NemoChatModel):
@@ -66,11 +66,10 @@ class ChatNemoVLM(_NemoChatModel):
         return ["langchain_nemovlm", "chat_models"]
 
     def _make_backend(self) -> NIMBackend:
-        base_url = resolve_base_url(self.base_url)
-        return NIMBackend(
-            profile=self.nemo_profile,
-            base_url=base_url,
-            api_key=resolve_api_key(self.api_key, base_url),
+        return NIMBackend.connect(
+            self.nemo_profile,
+            base_url=self.base_url,
+            api_key=self.api_key,
             timeout=self.timeout,
             max_retries=self.max_retries,
             default_headers=self.default_headers,
@@ -78,11 +77,3 @@ class ChatNemoVLM(_NemoChatModel):
             async_http_client=self.http_async_client,
             policy=self._media_policy(),
         )
-
-    def _extra_option_fields(self) -> dict[str, Any]:
-        return {
-            "image_transport": self.image_transport,
-            "video_fps": self.video_fps,
-            "video_num_frames": self.video_num_frames,
-            "max_num_tiles": self.max_num_tiles,
-        }

@@ -47,7 +47,7 @@ from llama_index_nemovlm._convert import (
 )
 from nemovlm.media import MediaPolicy
 from nemovlm.messages import Delta, Reply, TextPart, Turn
-from nemovlm.options import RequestOptions, build_options
+from nemovlm.options import RequestOptions, build_options, option_settings
 from nemovlm.profiles import ModelProfile, get_profile
 
 if TYPE_CHECKING:
@@ -148,20 +148,8 @@ class _NemoLLM(_NemoSettings, FunctionCallingLLM):
 
     # --- request ----------------------------------------------------------------
 
-    def _extra_option_fields(self) -> dict[str, Any]:
-        """Backend-specific fields that map onto ``RequestOptions``."""
-        return {}
-
     def _options(self, kwargs: dict[str, Any]) -> RequestOptions:
-        settings = {
-            "max_tokens": self.max_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "seed": self.seed,
-            "reasoning": self.reasoning,
-            "include_reasoning": self.include_reasoning,
-            **self._extra_option_fields(),
-        }
+        settings = option_settings(self)
         overrides = dict(kwargs)
         stop = overrides.pop("stop", None)
         overrides.pop("formatted", None)  # LlamaIndex's complete() flag, not a parameter

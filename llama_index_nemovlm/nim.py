@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from llama_index_nemovlm._base import _NemoLLM, _NemoMultiModal
-from nemovlm.backends.nim import NIMBackend, resolve_api_key, resolve_base_url
+from nemovlm.backends.nim import NIMBackend
 
 
 def _api_key_from_env() -> SecretStr | None:
@@ -73,11 +73,10 @@ class NemoVLM(_NimSettings, _NemoLLM):
         return "NemoVLM"
 
     def _make_backend(self) -> NIMBackend:
-        base_url = resolve_base_url(self.base_url)
-        return NIMBackend(
-            profile=self.nemo_profile,
-            base_url=base_url,
-            api_key=resolve_api_key(self.api_key, base_url),
+        return NIMBackend.connect(
+            self.nemo_profile,
+            base_url=self.base_url,
+            api_key=self.api_key,
             timeout=self.timeout,
             max_retries=self.max_retries,
             default_headers=self.default_headers,
@@ -85,14 +84,6 @@ class NemoVLM(_NimSettings, _NemoLLM):
             async_http_client=self.async_http_client,
             policy=self._media_policy(),
         )
-
-    def _extra_option_fields(self) -> dict[str, Any]:
-        return {
-            "image_transport": self.image_transport,
-            "video_fps": self.video_fps,
-            "video_num_frames": self.video_num_frames,
-            "max_num_tiles": self.max_num_tiles,
-        }
 
 
 class NemoVLMMultiModal(_NimSettings, _NemoMultiModal):

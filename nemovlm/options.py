@@ -58,6 +58,15 @@ _FIELDS = frozenset(
 _DROPPED = frozenset({"ls_structured_output_format", "stream_options", "model"})
 
 
+_SETTINGS = _FIELDS - {"tools", "tool_choice", "json_schema"}
+
+
+def option_settings(source: object) -> dict[str, Any]:
+    """The request settings a model object holds, read by field name (an adapter's
+    ``temperature``, ``video_fps``, ...), for ``build_options``."""
+    return {name: getattr(source, name) for name in _SETTINGS if hasattr(source, name)}
+
+
 def build_options(
     settings: Mapping[str, Any],
     overrides: Mapping[str, Any] | None = None,

@@ -2,12 +2,18 @@
 
 Input flow: ``NIMBackend.complete/stream`` -> ``pipeline.prepare`` (checks, tools,
 reasoning, media) -> ``_map_request`` -> ``_map_messages`` -> ``_map_content`` ->
-``openai`` SDK.
+``openai`` SDK (``client.post``).
 
-Output flow: SDK completion -> ``_process_completion`` (whole reply as one raw
-``Delta``), or each SDK chunk -> ``_process_chunk`` -> ``ReplyProcessor.feed``
+Output flow: the completion's JSON -> ``_process_completion`` (whole reply as one raw
+``Delta``), or each chunk's JSON -> ``_process_chunk`` -> ``ReplyProcessor.feed``
 (reasoning split, prompt tools) -> ``Delta``s -> ``assemble_reply`` for ``Reply``.
 Errors from the SDK are converted once, in ``_converted_errors``.
+
+The request goes through the SDK's ``post`` rather than ``chat.completions.create``,
+and the reply comes back as plain JSON: the request is already the JSON body, and the
+SDK's typed request transform and response models cost more CPU per call than all
+of this package's own work (``bench/``, scenarios 1 and 5). Auth, retries, timeouts,
+SSE parsing and error types are still the SDK's.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import asyncio
 import json
 import os
 import weakref
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +52,10 @@ from nemovlm.profiles import ModelProfile
 from nemovlm.tools import _map_tool, _map_tool_choice
 
 HOSTED_BASE_URL = "https://integrate.api.nvidia.com/v1"
+_PATH = "/chat/completions"
+# Chunks as plain dicts: the SDK's chunk models cost more than the rest of the path.
+_STREAM = openai.Stream[object]
+_ASTREAM = openai.AsyncStream[object]
 
 
 def resolve_base_url(base_url: str | None) -> str:
@@ -93,6 +103,20 @@ class NIMBackend:
         default_factory=weakref.WeakKeyDictionary, init=False, repr=False
     )
     _aclient_own: openai.AsyncOpenAI | None = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def connect(
+        cls,
+        profile: ModelProfile,
+        *,
+        base_url: str | None,
+        api_key: SecretStr | str | None,
+        **settings: Any,
+    ) -> NIMBackend:
+        """A backend whose URL and key follow the documented order (argument, then
+        ``NVIDIA_BASE_URL`` / ``NVIDIA_API_KEY``, then the hosted catalog)."""
+        url = resolve_base_url(base_url)
+        return cls(profile, url, resolve_api_key(api_key, url), **settings)
 
     # --- clients ----------------------------------------------------------------
 
@@ -143,8 +167,12 @@ class NIMBackend:
         # Clients hold sockets and locks: a pickled backend rebuilds them where it lands.
         state = self.__dict__.copy()
         state.update(_client=None, _aclient_own=None, http_client=None, async_http_client=None)
-        state["_aclients"] = weakref.WeakKeyDictionary()
+        del state["_aclients"]  # weak dicts do not pickle
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._aclients = weakref.WeakKeyDictionary()
 
     # --- calls ------------------------------------------------------------------
 
@@ -152,14 +180,14 @@ class NIMBackend:
         prepared = prepare(turns, options, self.profile, self.policy)
         request = self._map_request(prepared, options, stream=False)
         with _converted_errors(self.profile.model, self.timeout):
-            completion = self.client.chat.completions.create(**request)
+            completion = self.client.post(_PATH, body=request, cast_to=object)
         return self._process_whole(completion, prepared)
 
     async def acomplete(self, turns: Sequence[Turn], options: RequestOptions) -> Reply:
         prepared = prepare(turns, options, self.profile, self.policy)
         request = self._map_request(prepared, options, stream=False)
         with _converted_errors(self.profile.model, self.timeout):
-            completion = await self.async_client.chat.completions.create(**request)
+            completion = await self.async_client.post(_PATH, body=request, cast_to=object)
         return self._process_whole(completion, prepared)
 
     def stream(self, turns: Sequence[Turn], options: RequestOptions) -> Iterator[Delta]:
@@ -167,8 +195,11 @@ class NIMBackend:
         request = self._map_request(prepared, options, stream=True)
         state = _StreamState()
         with _converted_errors(self.profile.model, self.timeout, state):
-            for chunk in self.client.chat.completions.create(**request):
-                yield state.feed(_process_chunk(chunk), prepared.processor)
+            chunks = self.client.post(
+                _PATH, body=request, cast_to=object, stream=True, stream_cls=_STREAM
+            )
+            for chunk in chunks:
+                yield state.feed(_process_chunk(chunk, self.profile.model), prepared.processor)
         yield state.finish(prepared.processor, self.profile.model)
 
     async def astream(self, turns: Sequence[Turn], options: RequestOptions) -> AsyncIterator[Delta]:
@@ -176,8 +207,11 @@ class NIMBackend:
         request = self._map_request(prepared, options, stream=True)
         state = _StreamState()
         with _converted_errors(self.profile.model, self.timeout, state):
-            async for chunk in await self.async_client.chat.completions.create(**request):
-                yield state.feed(_process_chunk(chunk), prepared.processor)
+            achunks = await self.async_client.post(
+                _PATH, body=request, cast_to=object, stream=True, stream_cls=_ASTREAM
+            )
+            async for chunk in achunks:
+                yield state.feed(_process_chunk(chunk, self.profile.model), prepared.processor)
         yield state.finish(prepared.processor, self.profile.model)
 
     def _process_whole(self, completion: Any, prepared: PreparedConversation) -> Reply:
@@ -225,8 +259,8 @@ class NIMBackend:
         if options.max_num_tiles is not None:
             extra["mm_processor_kwargs"] = {"max_num_tiles": options.max_num_tiles}
         extra.update(options.extra)
-        if extra:
-            request["extra_body"] = extra
+        # NIM's own fields go in the body beside the OpenAI ones (the SDK's extra_body).
+        request.update(extra)
         return request
 
 
@@ -295,68 +329,86 @@ def _map_tagged_text(turn: PreparedTurn) -> str:
 
 
 def _process_usage(usage: Any) -> Usage | None:
-    if usage is None:
+    if not isinstance(usage, Mapping):
         return None
-    details = getattr(usage, "completion_tokens_details", None)
-    reasoning = getattr(details, "reasoning_tokens", None) if details is not None else None
-    prompt = usage.prompt_tokens or 0
-    completion = usage.completion_tokens or 0
-    return Usage(prompt, completion, usage.total_tokens or prompt + completion, reasoning)
+    details = usage.get("completion_tokens_details")
+    reasoning = details.get("reasoning_tokens") if isinstance(details, Mapping) else None
+    prompt = usage.get("prompt_tokens") or 0
+    completion = usage.get("completion_tokens") or 0
+    return Usage(prompt, completion, usage.get("total_tokens") or prompt + completion, reasoning)
 
 
-def _field_reasoning(obj: Any) -> str:
+def _field_reasoning(obj: Mapping[str, Any]) -> str:
     # vLLM-based NIMs use ``reasoning_content``; newer ones (DiffusionGemma) ``reasoning``.
-    return getattr(obj, "reasoning_content", None) or getattr(obj, "reasoning", None) or ""
+    return obj.get("reasoning_content") or obj.get("reasoning") or ""
 
 
 def _process_completion(completion: Any, model: str) -> Delta:
-    if not getattr(completion, "choices", None):
+    choices = completion.get("choices") if isinstance(completion, Mapping) else None
+    if not choices:
         raise IncompleteResponseError(
             f"The server answered 200 but with no choices (model {model}); nothing to return."
         )
-    choice = completion.choices[0]
-    message = choice.message
-    chunks = [
-        ToolCallChunk(i, call.id, call.function.name, call.function.arguments or "")
-        for i, call in enumerate(message.tool_calls or [])
-    ]
-    return Delta(
-        text=message.content or "",
-        reasoning=_field_reasoning(message),
-        tool_call_chunks=chunks,
-        finish_reason=choice.finish_reason,
-        usage=_process_usage(completion.usage),
-        model=completion.model,
-        response_id=completion.id,
-    )
-
-
-def _process_chunk(chunk: Any) -> Delta:
-    out = Delta(
-        usage=_process_usage(getattr(chunk, "usage", None)),
-        model=chunk.model,
-        response_id=chunk.id,
-    )
-    if not chunk.choices:
-        return out
-    choice = chunk.choices[0]
-    delta = choice.delta
-    out.finish_reason = choice.finish_reason
-    if delta is None:
-        return out
-    out.text = delta.content or ""
-    out.reasoning = _field_reasoning(delta)
-    for call in delta.tool_calls or []:
-        fn = call.function
-        out.tool_call_chunks.append(
+    with _shape_checked(model):
+        choice = choices[0]
+        message = choice.get("message") or {}
+        chunks = [
             ToolCallChunk(
-                call.index,
-                call.id,
-                fn.name if fn else None,
-                (fn.arguments or "") if fn else "",
+                i,
+                call.get("id"),
+                call["function"].get("name"),
+                call["function"].get("arguments") or "",
             )
+            for i, call in enumerate(message.get("tool_calls") or [])
+        ]
+        return Delta(
+            text=message.get("content") or "",
+            reasoning=_field_reasoning(message),
+            tool_call_chunks=chunks,
+            finish_reason=choice.get("finish_reason"),
+            usage=_process_usage(completion.get("usage")),
+            model=completion.get("model"),
+            response_id=completion.get("id"),
         )
-    return out
+
+
+def _process_chunk(chunk: Any, model: str = "") -> Delta:
+    with _shape_checked(model):
+        out = Delta(
+            usage=_process_usage(chunk.get("usage")),
+            model=chunk.get("model"),
+            response_id=chunk.get("id"),
+        )
+        choices = chunk.get("choices")
+        if not choices:
+            return out
+        choice = choices[0]
+        delta = choice.get("delta")
+        out.finish_reason = choice.get("finish_reason")
+        if delta is None:
+            return out
+        out.text = delta.get("content") or ""
+        out.reasoning = _field_reasoning(delta)
+        for i, call in enumerate(delta.get("tool_calls") or []):
+            fn = call.get("function") or {}
+            out.tool_call_chunks.append(
+                ToolCallChunk(
+                    call.get("index", i), call.get("id"), fn.get("name"), fn.get("arguments") or ""
+                )
+            )
+        return out
+
+
+@contextmanager
+def _shape_checked(model: str) -> Iterator[None]:
+    """A reply whose JSON is not shaped like a chat completion fails as incomplete."""
+    try:
+        yield
+    except (AttributeError, TypeError, KeyError, IndexError) as exc:
+        raise IncompleteResponseError(
+            f"The server's reply for {model or 'the model'} did not have the shape of a chat "
+            f"completion ({type(exc).__name__}: {exc})."
+        ) from exc
 
 
 @dataclass
