@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from _setup import clip, connect
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage
-from llama_index.core.llms import ChatMessage, ImageBlock, TextBlock, VideoBlock
+from llama_index.core.llms import LLM, ChatMessage, ImageBlock, TextBlock, VideoBlock
 
 from langchain_nemovlm import ChatNemoFal, ChatNemoVLM
 from llama_index.llms.nemovlm import NemoFal, NemoVLM
@@ -77,8 +78,8 @@ def show(lc_answer: Any, li_answer: Any) -> None:
 
 # %%
 MODEL = "nvidia/llama-3.1-nemotron-nano-vl-8b-v1"
-lc = ChatNemoVLM(model=MODEL, base_url=setup.nim_base_url, max_tokens=256)
-li = NemoVLM(model=MODEL, base_url=setup.nim_base_url, max_tokens=256)
+lc: BaseChatModel = ChatNemoVLM(model=MODEL, base_url=setup.nim_base_url, max_tokens=256)
+li: LLM = NemoVLM(model=MODEL, base_url=setup.nim_base_url, max_tokens=256)
 question = "What does this chart show?"
 show(
     lc.invoke(lc_ask(question, lc_block(chart_path, "image"))),

@@ -74,7 +74,8 @@ for switch in (None, True):
     msg = nano.invoke(lc_ask(question, image_block), reasoning=switch, max_tokens=512)
     print(f"reasoning={switch}: reasoning ->", clip(msg.additional_kwargs.get("reasoning_content")))
     print(f"reasoning={switch}: answer    ->", clip(msg.content, 120))
-    print("  reasoning tokens:", (msg.usage_metadata or {}).get("output_token_details"), "\n")
+    details = msg.usage_metadata.get("output_token_details") if msg.usage_metadata else None
+    print("  reasoning tokens:", details, "\n")
 
 # The same trace as a standard LangChain content block:
 print([block["type"] for block in msg.content_blocks])
@@ -100,7 +101,8 @@ except UnsupportedInputError as exc:
 
 # %%
 gemma = ChatNemoVLM(model="google/diffusiongemma-26b-a4b-it", base_url=setup.nim_base_url)
-for kwargs in ({}, {"reasoning": False}, {"include_reasoning": False}):
+variants: list[dict[str, Any]] = [{}, {"reasoning": False}, {"include_reasoning": False}]
+for kwargs in variants:
     msg = gemma.invoke(lc_ask(question, image_block), max_tokens=512, **kwargs)
     trace = msg.additional_kwargs.get("reasoning_content")
     print(f"{kwargs or 'default'}: reasoning ->", clip(trace, 100) if trace else None)

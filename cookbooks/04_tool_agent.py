@@ -79,7 +79,9 @@ def describe(message: BaseMessage) -> str:
         return f"model calls   {calls}"
     if isinstance(message, ToolMessage):
         blocks = message.content if isinstance(message.content, list) else [message.content]
-        text = " ".join(b["text"] for b in blocks if isinstance(b, dict) and b.get("type") == "text")
+        text = " ".join(
+            b["text"] for b in blocks if isinstance(b, dict) and b.get("type") == "text"
+        )
         images = sum(1 for b in blocks if isinstance(b, dict) and b.get("type") == "image")
         return f"tool result   {text} (+{images} image)"
     if isinstance(message, AIMessage):
@@ -115,11 +117,13 @@ print()
 # %%
 try:
     from langchain.agents import create_agent
+
+    have_langchain = True
 except ImportError:
-    create_agent = None
+    have_langchain = False
     print("Skipped create_agent: `pip install langchain` to run this section.\n")
 
-if create_agent is not None:
+if have_langchain:
     agent = create_agent(
         llm, tools=[sales_chart], system_prompt="You are a sales analyst. Use the tools."
     )

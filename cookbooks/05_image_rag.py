@@ -132,7 +132,10 @@ def image_block(path: Path) -> dict[str, str]:
 
 llm = ChatNemoVLM(model=MODEL, base_url=setup.nim_base_url, max_tokens=200)
 captions = llm.batch(
-    [[HumanMessage(content=[{"type": "text", "text": CAPTION_PROMPT}, image_block(p)])] for p in paths],
+    [
+        [HumanMessage(content=[{"type": "text", "text": CAPTION_PROMPT}, image_block(p)])]
+        for p in paths
+    ],
     config={"max_concurrency": 4},
 )
 store = InMemoryVectorStore(embedding=BagOfWordsEmbeddings())
@@ -172,7 +175,9 @@ print("LangChain answer:", clip(answer.content, 260), "\n")
 captioner = NemoVLMMultiModal(model=MODEL, base_url=setup.nim_base_url, max_tokens=200)
 nodes = []
 for path in paths:
-    caption = captioner.complete(CAPTION_PROMPT, image_documents=[ImageDocument(image_path=str(path))])
+    caption = captioner.complete(
+        CAPTION_PROMPT, image_documents=[ImageDocument(image_path=str(path))]
+    )
     nodes.append(
         ImageNode(
             text=index_text(path, caption.text),
@@ -192,4 +197,4 @@ question = "How are cloud costs split across services?"
 response = engine.query(question)
 source = response.source_nodes[0]
 print(f"retrieved {source.node.metadata['file_name']} (score {source.score:.2f})")
-print("LlamaIndex answer:", clip(response.response, 260))
+print("LlamaIndex answer:", clip(str(response), 260))

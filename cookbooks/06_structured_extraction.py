@@ -95,6 +95,7 @@ for llm in (
 # %%
 nano = ChatNemoVLM(model="nvidia/nemotron-nano-12b-v2-vl", base_url=setup.nim_base_url)
 out = nano.with_structured_output(ChartData, include_raw=True).invoke(messages)
+assert isinstance(out, dict)
 print("raw     :", clip(out["raw"].content, 160))
 print("parsed  :", repr(out["parsed"]))
 print("error   :", out["parsing_error"], "\n")

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from _setup import clip, connect, run_async
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, HumanMessage
 
 from langchain_nemovlm import ChatNemoFal, ChatNemoVLM
@@ -109,8 +109,9 @@ async def caption_all(
 
 def report(llm: BaseChatModel, captions: Sequence[AIMessage], seconds: float) -> None:
     """Token totals, and the cost where the seller publishes a price."""
-    tokens_in = sum((m.usage_metadata or {}).get("input_tokens", 0) for m in captions)
-    tokens_out = sum((m.usage_metadata or {}).get("output_tokens", 0) for m in captions)
+    usages = [m.usage_metadata for m in captions if m.usage_metadata]
+    tokens_in = sum(u["input_tokens"] for u in usages)
+    tokens_out = sum(u["output_tokens"] for u in usages)
     costs = [m.response_metadata.get("estimated_cost_usd") for m in captions]
     known = [c for c in costs if isinstance(c, (int, float))]
     cost = f"${sum(known):.4f} (estimated)" if known else "n/a (no published price)"
@@ -165,7 +166,7 @@ class Captioner:
         self.llm = llm
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        requests = [caption_request(bytes(png)) for png in batch["png"]]
+        requests: list[LanguageModelInput] = [caption_request(bytes(p)) for p in batch["png"]]
         replies = self.llm.batch(requests, config={"max_concurrency": 8})
         return {"name": batch["name"], "caption": [str(r.content) for r in replies]}
 
@@ -175,13 +176,20 @@ if ray is not None:
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
+        logging_level="ERROR",
         runtime_env={"env_vars": setup.worker_env},
     )
+    ray.data.DataContext.get_current().enable_progress_bars = False
     rows = [{"name": f"tile-{i}.png", "png": png} for i, png in enumerate(images)]
     started = time.perf_counter()
     captioned = (
-        ray.data.from_items(rows)
-        .map_batches(Captioner, fn_constructor_kwargs={"llm": nano}, batch_size=50, concurrency=2)
+        ray.data.from_items(rows, override_num_blocks=4)
+        .map_batches(
+            Captioner,
+            fn_constructor_kwargs={"llm": nano},
+            batch_size=50,
+            compute=ray.data.ActorPoolStrategy(size=2),
+        )
         .take_all()
     )
     print(f"Ray: {len(captioned)} captions in {time.perf_counter() - started:.1f} s")

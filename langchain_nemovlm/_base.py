@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput, ModelProfile
@@ -34,8 +34,8 @@ from nemovlm.errors import UnsupportedInputError
 from nemovlm.media import MediaPolicy
 from nemovlm.messages import Delta, Reply, ToolSpec, Turn
 from nemovlm.options import RequestOptions, build_options, option_settings
+from nemovlm.profiles import Backend, get_profile
 from nemovlm.profiles import ModelProfile as NemoProfile
-from nemovlm.profiles import get_profile
 from nemovlm.tools import normalize_tool_choice
 
 
@@ -82,6 +82,7 @@ class _NemoChatModel(BaseChatModel):
     """Replace fields of the model's ``nemovlm`` profile (see ``nemovlm.profiles``)."""
 
     _backend: Any = PrivateAttr(default=None)
+    _backend_kind: ClassVar[Backend] = "nim"
 
     # --- backend ----------------------------------------------------------------
 
@@ -97,7 +98,7 @@ class _NemoChatModel(BaseChatModel):
     @property
     def nemo_profile(self) -> NemoProfile:
         """The ``nemovlm`` profile in force (quirks, limits, prices)."""
-        return get_profile(self.model, self.profile_overrides)
+        return get_profile(self.model, self.profile_overrides, backend=self._backend_kind)
 
     def _media_policy(self) -> MediaPolicy:
         return MediaPolicy(
@@ -278,7 +279,7 @@ class _NemoChatModel(BaseChatModel):
             raise UnsupportedInputError("with_structured_output needs a schema.")
         if method == "function_calling":
             return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
-        is_model = is_basemodel_subclass(schema)  # pydantic v2 or v1
+        is_model = isinstance(schema, type) and is_basemodel_subclass(schema)  # v2 or v1
         tool = convert_to_openai_tool(schema)["function"]
         json_schema: dict[str, Any] = {"name": tool["name"], "schema": tool["parameters"]}
         if strict is not None:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models.chat_models import LangSmithParams
@@ -21,10 +20,10 @@ from nemovlm.backends.fal import (
     QueueUpdate,
     report_queue_progress,
     resolve_fal_key,
+    with_diffusion_settings,
 )
 from nemovlm.options import RequestOptions
-from nemovlm.profiles import PROFILES, get_profile
-from nemovlm.profiles import ModelProfile as NemoProfile
+from nemovlm.profiles import Backend
 
 
 class ChatNemoFal(_NemoChatModel):
@@ -85,6 +84,8 @@ class ChatNemoFal(_NemoChatModel):
     errors on its own.
     """
 
+    _backend_kind: ClassVar[Backend] = "fal"
+
     api_key: SecretStr | None = Field(
         default_factory=secret_from_env("FAL_KEY", default=None), alias="fal_key"
     )
@@ -113,15 +114,6 @@ class ChatNemoFal(_NemoChatModel):
     def get_lc_namespace(cls) -> list[str]:
         return ["langchain_nemovlm", "fal"]
 
-    @property
-    def nemo_profile(self) -> NemoProfile:
-        if self.model in PROFILES:
-            return get_profile(self.model, self.profile_overrides)
-        # An app this package does not know yet: fal's ways, no quirks.
-        return get_profile(
-            self.model, {"backend": "fal", "tools": "prompt", **(self.profile_overrides or {})}
-        )
-
     def _make_backend(self) -> FalBackend:
         return FalBackend(
             profile=self.nemo_profile,
@@ -138,17 +130,12 @@ class ChatNemoFal(_NemoChatModel):
         return params
 
     def _options(self, stop: list[str] | None, kwargs: dict[str, Any]) -> RequestOptions:
-        options = super()._options(stop, kwargs)
-        fields = {
-            "num_inference_steps": self.num_inference_steps,
-            "block_length": self.block_length,
-            "threshold": self.threshold,
-        }
-        defaults = {k: v for k, v in fields.items() if v is not None}
-        if "inference_steps" in options.extra:
-            defaults.pop("num_inference_steps", None)  # the call's alias wins
-        # model_kwargs and per-call kwargs (already in ``extra``) override the fields.
-        return replace(options, extra={**defaults, **options.extra})
+        return with_diffusion_settings(
+            super()._options(stop, kwargs),
+            num_inference_steps=self.num_inference_steps,
+            block_length=self.block_length,
+            threshold=self.threshold,
+        )
 
     # --- calls: the same flow as the base, with queue progress sent to callbacks ---
 

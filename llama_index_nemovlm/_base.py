@@ -48,7 +48,7 @@ from llama_index_nemovlm._convert import (
 from nemovlm.media import MediaPolicy
 from nemovlm.messages import Delta, Reply, TextPart, Turn
 from nemovlm.options import RequestOptions, build_options, option_settings
-from nemovlm.profiles import ModelProfile, get_profile
+from nemovlm.profiles import Backend, ModelProfile, get_profile
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
@@ -66,6 +66,7 @@ class _Backend(Protocol):
 
 
 class _NemoSettings(BaseModel):
+    _backend_kind: ClassVar[Backend] = "nim"
     """Fields every class here has, NIM or fal, chat or multi-modal."""
 
     model: str = Field(description="Model id, e.g. nvidia/nemotron-nano-12b-v2-vl.")
@@ -107,7 +108,7 @@ class _NemoSettings(BaseModel):
     @property
     def nemo_profile(self) -> ModelProfile:
         """The ``nemovlm`` profile in force (quirks, limits, prices)."""
-        return get_profile(self.model, self.profile_overrides)
+        return get_profile(self.model, self.profile_overrides, backend=self._backend_kind)
 
     def _media_policy(self) -> MediaPolicy:
         return MediaPolicy(

@@ -6,8 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import ConfigDict, Field, SecretStr
 
@@ -18,9 +17,10 @@ from nemovlm.backends.fal import (
     QueueUpdate,
     report_queue_progress,
     resolve_fal_key,
+    with_diffusion_settings,
 )
 from nemovlm.options import RequestOptions
-from nemovlm.profiles import PROFILES, ModelProfile, get_profile
+from nemovlm.profiles import Backend
 
 
 def _fal_key_from_env() -> SecretStr | None:
@@ -29,6 +29,7 @@ def _fal_key_from_env() -> SecretStr | None:
 
 
 class _FalSettings(_NemoSettings):
+    _backend_kind: ClassVar[Backend] = "fal"
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     api_key: SecretStr | None = Field(
@@ -60,14 +61,6 @@ class _FalSettings(_NemoSettings):
         description="Called with each QueueUpdate (queue position, runner logs, completed); "
         "updates also go to the nemovlm.backends.fal logger at INFO.",
     )
-
-    @property
-    def nemo_profile(self) -> ModelProfile:
-        # Same rule as ChatNemoFal: an app this package does not know yet gets fal's ways.
-        if self.model in PROFILES:
-            return get_profile(self.model, self.profile_overrides)
-        overrides = {"backend": "fal", "tools": "prompt", **(self.profile_overrides or {})}
-        return get_profile(self.model, overrides)
 
 
 class NemoFal(_FalSettings, _NemoLLM):
@@ -116,17 +109,12 @@ class NemoFal(_FalSettings, _NemoLLM):
         return report_queue_progress(self.on_queue_update)
 
     def _options(self, kwargs: dict[str, Any]) -> RequestOptions:
-        options = super()._options(kwargs)
-        fields = {
-            "num_inference_steps": self.num_inference_steps,
-            "block_length": self.block_length,
-            "threshold": self.threshold,
-        }
-        defaults = {k: v for k, v in fields.items() if v is not None}
-        if "inference_steps" in options.extra:
-            defaults.pop("num_inference_steps", None)  # the call's alias wins
-        # additional_kwargs and per-call kwargs (already in ``extra``) override the fields.
-        return replace(options, extra={**defaults, **options.extra})
+        return with_diffusion_settings(
+            super()._options(kwargs),
+            num_inference_steps=self.num_inference_steps,
+            block_length=self.block_length,
+            threshold=self.threshold,
+        )
 
 
 class NemoFalMultiModal(_FalSettings, _NemoMultiModal):

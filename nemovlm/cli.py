@@ -227,7 +227,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         for title, step in steps:
             print(f"{BOLD}== {title}{RESET}")
             _show(step())
-    print(f"{BOLD}Done.{RESET} Set NVIDIA_API_KEY / FAL_KEY and pass real endpoints for real answers.")
+    print(f"{BOLD}Done.{RESET} Set NVIDIA_API_KEY / FAL_KEY and real endpoints for real answers.")
     return 0
 
 

@@ -606,7 +606,13 @@ def _process_image_bytes(
     image = _open_image(data, fmt, part)
     width, height = image.size
     # EXIF orientations 5-8 turn the picture a quarter: it shows as height x width.
-    turned = image.getexif().get(0x0112) in (5, 6, 7, 8)
+    try:
+        # A PNG may keep EXIF after its pixels, so reading it can decode a broken file.
+        turned = image.getexif().get(0x0112) in (5, 6, 7, 8)
+    except Exception as exc:  # Pillow's plugins raise many types on malformed input.
+        raise UnsupportedInputError(
+            f"The {part.describe()} cannot be decoded ({exc}); it may be corrupt or truncated."
+        ) from exc
     untouched = PreparedMedia(
         kind="image",
         url=None,

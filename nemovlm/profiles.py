@@ -108,9 +108,7 @@ class ModelProfile:
         known = {f.name for f in fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ValueError(
-                f"Unknown profile field(s) {unknown}; known fields: {sorted(known)}"
-            )
+            raise ValueError(f"Unknown profile field(s) {unknown}; known fields: {sorted(known)}")
         return replace(self, **dict(overrides))
 
 
@@ -217,7 +215,15 @@ PROFILES: Mapping[str, ModelProfile] = MappingProxyType(
 )
 
 
-def get_profile(model: str, overrides: Mapping[str, Any] | None = None) -> ModelProfile:
-    """The profile for ``model``: a known one, else the generic OpenAI-compatible one."""
-    base = PROFILES.get(model) or replace(GENERIC, model=model, name=model)
+def get_profile(
+    model: str, overrides: Mapping[str, Any] | None = None, *, backend: Backend = "nim"
+) -> ModelProfile:
+    """The profile for ``model``: a known one, else a generic one for ``backend``
+    (OpenAI-compatible on NIM; on fal, an app this package does not know yet, which
+    has no native tools)."""
+    base = PROFILES.get(model)
+    if base is None:
+        base = replace(GENERIC, model=model, name=model, backend=backend)
+        if backend == "fal":
+            base = replace(base, tools="prompt")
     return base.with_overrides(overrides)

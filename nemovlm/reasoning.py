@@ -94,7 +94,9 @@ class ThinkSplitter:
     expect_reasoning: bool = False
     _state: State = "start"
     _buf: str = ""
-    _scan: int = 0
+    _held: list[str] = field(default_factory=list, repr=False)
+    """In "maybe": text with no closing tag in it, held until the tag or the end decides
+    what it is. A list, not one growing string: appending stays linear."""
     _strip_lead: bool = False
     _strip_reason_lead: bool = False
     _seen_field: bool = field(default=False, repr=False)
@@ -104,6 +106,7 @@ class ThinkSplitter:
         self._seen_field = True
         if self._state in ("start", "maybe"):
             self._state = "content"
+            self._buf = self._take_held() + self._buf
 
     def feed(self, text: str) -> tuple[str, str]:
         """Answer and reasoning text that can be released after ``text``."""
@@ -117,7 +120,7 @@ class ThinkSplitter:
     def finish(self) -> tuple[str, str]:
         """Release what is held back at the end of the stream."""
         answer, reasoning = self.feed("")
-        rest, self._buf = self._buf, ""
+        rest, self._buf = self._take_held() + self._buf, ""
         if self._state == "think":
             return answer, reasoning + rest
         if self._strip_lead:
@@ -144,7 +147,6 @@ class ThinkSplitter:
                 self._after_close(close)
                 return True
             self._state = "maybe" if self.expect_reasoning and not self._seen_field else "content"
-            self._scan = 0
             return True
         if self._state in ("think", "maybe"):
             if self._strip_reason_lead:
@@ -153,17 +155,18 @@ class ThinkSplitter:
                 if not buf:
                     return False
                 self._strip_reason_lead = False
-            close = buf.find(CLOSE_TAG, self._scan)
+            close = buf.find(CLOSE_TAG)
             if close >= 0:
-                reasoning.append(buf[:close])
+                reasoning.append(self._take_held() + buf[:close])
                 self._after_close(close)
                 return True
+            # Only a partial tag stays in the buffer, so each character is scanned once.
+            keep = _partial_suffix(buf, CLOSE_TAG)
             if self._state == "think":
-                keep = _partial_suffix(buf, CLOSE_TAG)
                 reasoning.append(buf[: len(buf) - keep])
-                self._buf = buf[len(buf) - keep :]
             else:
-                self._scan = max(0, len(buf) - len(CLOSE_TAG) + 1)
+                self._held.append(buf[: len(buf) - keep])
+            self._buf = buf[len(buf) - keep :]
             return False
         # content
         if self._strip_lead:
@@ -185,4 +188,7 @@ class ThinkSplitter:
         self._buf = self._buf[close + len(CLOSE_TAG) :]
         self._state = "content"
         self._strip_lead = True
-        self._scan = 0
+
+    def _take_held(self) -> str:
+        held, self._held = "".join(self._held), []
+        return held

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import pickle
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -120,6 +121,14 @@ def test_a_missing_key_names_the_variables_to_set(monkeypatch: pytest.MonkeyPatc
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(MissingCredentialsError, match="FAL_KEY.*FAL_KEY_ID.*FAL_KEY_SECRET"):
         resolve_fal_key(None)
+
+
+async def test_a_pickled_backend_rebuilds_its_clients(omni: FalBackend) -> None:
+    await omni.acomplete(ask_video(), options())  # clients exist now
+    omni.complete(ask_video(), options())
+    copy = pickle.loads(pickle.dumps(omni))
+    reply = await copy.acomplete(ask_video("Again?"), options())
+    assert reply.text.endswith("prompt: 'Again?'")
 
 
 def test_the_key_is_not_in_the_backend_repr() -> None:

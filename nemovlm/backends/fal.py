@@ -115,6 +115,29 @@ def diffusion_blocks(max_tokens: int, block_length: int) -> int:
 # --- credentials -----------------------------------------------------------------------
 
 
+def with_diffusion_settings(
+    options: RequestOptions,
+    *,
+    num_inference_steps: int | None = None,
+    block_length: int | None = None,
+    threshold: float | None = None,
+) -> RequestOptions:
+    """``options`` with a model's diffusion settings as defaults under ``extra``.
+
+    Extra parameters given per call or in ``model_kwargs`` win over the model's
+    fields, and a per-call ``inference_steps`` alias wins over ``num_inference_steps``.
+    """
+    fields = {
+        "num_inference_steps": num_inference_steps,
+        "block_length": block_length,
+        "threshold": threshold,
+    }
+    defaults = {k: v for k, v in fields.items() if v is not None}
+    if "inference_steps" in options.extra:
+        defaults.pop("num_inference_steps", None)
+    return replace(options, extra={**defaults, **options.extra})
+
+
 def resolve_fal_key(api_key: SecretStr | str | None) -> SecretStr:
     """The argument, else ``FAL_KEY``, else ``FAL_KEY_ID:FAL_KEY_SECRET`` (fal-client's
     own order, minus its login-token fallback, so the key used is always explicit)."""
@@ -301,8 +324,13 @@ class FalBackend:
     def __getstate__(self) -> dict[str, Any]:
         # Clients hold sockets and locks: a pickled backend rebuilds them where it lands.
         state = self.__dict__.copy()
-        state.update(_client=None, _aclients=weakref.WeakKeyDictionary())
+        state["_client"] = None
+        del state["_aclients"]
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._aclients = weakref.WeakKeyDictionary()
 
     # --- calls ------------------------------------------------------------------
 

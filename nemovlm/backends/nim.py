@@ -19,6 +19,7 @@ SSE parsing and error types are still the SDK's.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import weakref
@@ -432,6 +433,21 @@ class _StreamState:
         return processor.finish()
 
 
+def _http_errors(*names: str) -> tuple[type[Exception], ...]:
+    """The named exception classes of httpx and, where installed, of httpx2 (the fork
+    openai 3.x speaks through), so transport errors are caught whichever is in use."""
+    modules: list[Any] = [httpx]
+    try:
+        modules.append(importlib.import_module("httpx2"))
+    except ImportError:
+        pass
+    return tuple(getattr(module, name) for module in modules for name in names)
+
+
+_BROKEN_CONNECTION = _http_errors("RemoteProtocolError", "ReadError")
+_HTTP_TIMEOUTS = _http_errors("TimeoutException")
+
+
 @contextmanager
 def _converted_errors(
     model: str, timeout: float | None, stream: _StreamState | None = None
@@ -453,21 +469,32 @@ def _converted_errors(
             model=model,
         ) from exc
     except openai.APIConnectionError as exc:
-        if stream is not None and stream.started:
-            # The SDK reports a connection cut mid-stream as a connection error.
+        cause = exc.__cause__
+        # The SDK reports a connection cut mid-reply as a connection error too; but the
+        # server was reached, and what it sent is a broken answer.
+        if (stream is not None and stream.started) or isinstance(cause, _BROKEN_CONNECTION):
             raise IncompleteResponseError(
-                f"The stream from {model} broke off mid-reply ({exc.__cause__ or exc}): "
+                f"The reply from {model} broke off before it was complete ({cause or exc}): "
                 "the answer is incomplete. Retry the request."
             ) from exc
-        raise RequestError(f"Could not reach the server: {exc}", model=model) from exc
+        reason = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+        raise RequestError(
+            f"Could not reach the server ({reason}): check base_url and that the server is up.",
+            model=model,
+        ) from exc
     except openai.APIResponseValidationError as exc:
         raise IncompleteResponseError(
             f"The server's reply for {model} did not have the expected shape: {exc}"
         ) from exc
-    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+    except _BROKEN_CONNECTION as exc:
         raise IncompleteResponseError(
             f"The connection to the server broke mid-reply ({model}): {exc}. "
             "The answer is incomplete; retry the request."
+        ) from exc
+    except _HTTP_TIMEOUTS as exc:
+        raise RequestTimeoutError(
+            f"{model} went quiet for longer than timeout={timeout} s mid-reply: raise the "
+            "model's `timeout` setting, or check the server."
         ) from exc
     except json.JSONDecodeError as exc:
         raise IncompleteResponseError(

@@ -41,7 +41,10 @@ Faults, for tests: ``FalEmulator.inject_fault(kind)`` (the next request) or the
 marker ``[emulator-fault:KIND]`` anywhere in the prompt. ``failed``: the result is a
 500; ``422``: the result is a validation error; ``slow``: the request stays
 IN_PROGRESS for ``FalEmulatorSettings.slow_seconds`` (to test cancellation);
-``bad_json``: the output is a tool call cut off mid-JSON (``BROKEN_TOOL_CALL``).
+``bad_json``: the output is a tool call cut off mid-JSON (``BROKEN_TOOL_CALL``);
+``429``: the submission itself is refused with 429 and ``Retry-After`` (injected only,
+never by marker, since every retry would carry the marker again; counted in
+``FalEmulatorState.rate_limited``).
 """
 
 from __future__ import annotations
@@ -77,8 +80,8 @@ from starlette.routing import Route
 
 from nemovlm.emulator.server import RunningServer
 
-FaultKind = Literal["failed", "422", "slow", "bad_json"]
-FAULT_KINDS: tuple[FaultKind, ...] = ("failed", "422", "slow", "bad_json")
+FaultKind = Literal["failed", "422", "slow", "bad_json", "429"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("failed", "422", "slow", "bad_json", "429")
 BROKEN_TOOL_CALL = '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Par'
 EMULATOR_TAG = "[nemovlm emulator]"
 DIFFUSION_APP = "fal-ai/nemotron-diffusion-vlm"
@@ -167,6 +170,8 @@ class FalEmulatorState:
     files: dict[str, _StoredFile] = field(default_factory=dict)
     cdn_tokens: set[str] = field(default_factory=set)
     faults: deque[FaultKind] = field(default_factory=deque)
+    rate_limited: int = 0
+    """Submissions refused with 429 (the ``429`` fault)."""
 
     def inject_fault(self, kind: FaultKind, times: int = 1) -> None:
         if kind not in FAULT_KINDS:
@@ -586,12 +591,15 @@ async def submit(request: Request) -> Response:
         )
     state = _state(request)
     arguments = await _read_json(request)
+    fault = _fault_for(arguments, state)
+    if fault == "429":
+        return _rate_limited(state)
     record = _QueuedRequest(
         request_id=str(uuid.uuid4()),
         app=app,
         queue_app=_queue_app(app),
         arguments=arguments,
-        fault=_fault_for(arguments, state),
+        fault=fault,
     )
     state.requests[record.request_id] = record
     body = {
@@ -601,6 +609,15 @@ async def submit(request: Request) -> Response:
         "queue_position": 0,
     }
     return JSONResponse(body, headers={"x-fal-request-id": record.request_id})
+
+
+def _rate_limited(state: FalEmulatorState) -> Response:
+    state.rate_limited += 1
+    return JSONResponse(
+        {"detail": f"{EMULATOR_TAG} injected 429: too many requests, retry later."},
+        status_code=429,
+        headers={"retry-after": "0"},
+    )
 
 
 def _advance(record: _QueuedRequest, state: FalEmulatorState) -> None:
@@ -718,6 +735,8 @@ async def run(request: Request) -> Response:
     state = _state(request)
     arguments = await _read_json(request)
     fault = _fault_for(arguments, state)
+    if fault == "429":
+        return _rate_limited(state)
     if fault == "slow":
         await asyncio.sleep(state.settings.slow_seconds)
         fault = None

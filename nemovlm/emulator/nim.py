@@ -23,7 +23,8 @@ Output flow:
   and the ``max_tokens`` cut -> ``_map_completion`` (JSON) or ``_map_chunks`` (SSE
   ``chat.completion.chunk``s, content in small pieces so ``<think>`` tags get split),
   both shaping the message per model with ``_map_message``; content faults
-  (``malformed_json``, ``no_choices``, ``bad_tool_args``, ``break_stream``) act here.
+  (``malformed_json``, ``no_choices``, ``bad_tool_args``, ``break_stream``, ``stall``)
+  act here.
 
 Test hooks: request headers ``X-Emulator-Fault``, ``X-Emulator-Fault-Times``,
 ``X-Emulator-Fault-Key``, ``X-Emulator-Retry-After``, ``X-Emulator-Reasoning-Style``,
@@ -166,6 +167,9 @@ _STATUS_FAULTS = {
     "500": (500, "InternalServerError", "internal server error"),
 }
 _CONTENT_FAULTS = ("break_stream", "malformed_json", "no_choices", "bad_tool_args")
+# slow: wait before answering; stall: go quiet mid-reply (after a few chunks, or half
+# the body), as a server that hangs while generating does.
+_TIMED_FAULTS = ("slow", "stall")
 BROKEN_TOOL_ARGUMENTS = '{"city": "Par'
 _CHUNKS_BEFORE_BREAK = 3
 
@@ -380,9 +384,10 @@ async def _chat_completions(request: Request) -> Response:
             raise _BadRequest("The request body must be a JSON object.")
         chat = await _process_chat(body, request)
         content_fault = fault.name if fault is not None and fault.name in _CONTENT_FAULTS else None
+        stall = fault.seconds if fault is not None and fault.name == "stall" else 0.0
         ident = f"chatcmpl-emu-{next(request.app.state.completion_ids)}"
         reply = _compose_reply(chat, ident, content_fault)
-        return _map_response(chat, reply, ident, content_fault)
+        return _map_response(chat, reply, ident, content_fault, stall)
     except _BadRequest as exc:
         return _error(400, str(exc))
     except Exception:  # the emulator's own bug: say so in the client's error
@@ -406,17 +411,20 @@ def _process_fault(request: Request) -> _Fault | None:
         return None
     name = name.strip()
     fault: _Fault
-    if name.startswith("slow:"):
+    timed, _, seconds = name.partition(":")
+    if timed in _TIMED_FAULTS:
         try:
-            fault = _Fault("slow", float(name.removeprefix("slow:")))
+            fault = _Fault(timed, float(seconds))
         except ValueError:
             raise _BadRequest(
-                f"X-Emulator-Fault {name!r}: write slow:<seconds>, e.g. slow:0.5."
+                f"X-Emulator-Fault {name!r}: write {timed}:<seconds>, e.g. {timed}:0.5."
             ) from None
     elif name in _STATUS_FAULTS or name in _CONTENT_FAULTS:
         fault = _Fault(name)
     else:
-        known = ", ".join([*_STATUS_FAULTS, *_CONTENT_FAULTS, "slow:<seconds>"])
+        known = ", ".join(
+            [*_STATUS_FAULTS, *_CONTENT_FAULTS, *(f"{t}:<seconds>" for t in _TIMED_FAULTS)]
+        )
         raise _BadRequest(f"Unknown X-Emulator-Fault {name!r}; use one of: {known}.")
     times = request.headers.get("x-emulator-fault-times")
     if times is None:
@@ -1163,13 +1171,15 @@ def _usage(chat: _Chat, reply: _Reply) -> dict[str, Any]:
     return usage
 
 
-def _map_response(chat: _Chat, reply: _Reply, ident: str, fault: str | None) -> Response:
+def _map_response(
+    chat: _Chat, reply: _Reply, ident: str, fault: str | None, stall: float = 0.0
+) -> Response:
     created = int(time.time())
     usage = _usage(chat, reply)
     if chat.stream:
         chunks = _map_chunks(chat, reply, ident, created, usage, fault)
         return StreamingResponse(
-            _sse(chunks, fault),
+            _sse(chunks, fault, stall),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache"},
         )
@@ -1181,6 +1191,8 @@ def _map_response(chat: _Chat, reply: _Reply, ident: str, fault: str | None) -> 
         return Response(encoded[: len(encoded) // 2], media_type="application/json")
     if fault == "break_stream":
         return StreamingResponse(_broken_body(encoded), media_type="application/json")
+    if stall:
+        return StreamingResponse(_stalled_body(encoded, stall), media_type="application/json")
     return Response(encoded, media_type="application/json")
 
 
@@ -1277,10 +1289,14 @@ def _pieces(text: str, size: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
-async def _sse(chunks: list[dict[str, Any]], fault: str | None) -> AsyncIterator[str]:
+async def _sse(
+    chunks: list[dict[str, Any]], fault: str | None, stall: float = 0.0
+) -> AsyncIterator[str]:
     for count, item in enumerate(chunks):
         if fault == "break_stream" and count == _CHUNKS_BEFORE_BREAK:
             raise _StreamAborted("X-Emulator-Fault: break_stream")
+        if stall and count == _CHUNKS_BEFORE_BREAK:
+            await asyncio.sleep(stall)
         encoded = json.dumps(item)
         if fault == "malformed_json":
             encoded = encoded[: len(encoded) // 2]
@@ -1289,6 +1305,12 @@ async def _sse(chunks: list[dict[str, Any]], fault: str | None) -> AsyncIterator
     if fault == "break_stream":
         raise _StreamAborted("X-Emulator-Fault: break_stream")
     yield "data: [DONE]\n\n"
+
+
+async def _stalled_body(encoded: str, seconds: float) -> AsyncIterator[str]:
+    yield encoded[: len(encoded) // 2]
+    await asyncio.sleep(seconds)
+    yield encoded[len(encoded) // 2 :]
 
 
 async def _broken_body(encoded: str) -> AsyncIterator[str]:
