@@ -26,28 +26,27 @@ import base64
 from pathlib import Path
 from typing import Any
 
-from _setup import clip, connect
+from _setup import clip, connect, sample_video
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage
 from llama_index.core.llms import LLM, ChatMessage, ImageBlock, TextBlock, VideoBlock
 
 from langchain_nemovlm import ChatNemoFal, ChatNemoVLM
 from llama_index.llms.nemovlm import NemoFal, NemoVLM
-from nemovlm.samples import make_chart, make_mp4
+from nemovlm.samples import make_chart
 
 setup = connect()
 
 # %% [markdown]
 # ## The media: a chart and a short clip, made locally
 # `nemovlm.samples` draws a real PNG chart and writes a small MP4 whose boxes state its
-# duration, size and frame rate (its frames are dummies, so only the emulator can
-# "watch" it; give a real model a real clip).
+# duration, size and frame rate. Its frames are dummies, so only the emulator can
+# "watch" it: for a real model, set `NEMOVLM_SAMPLE_VIDEO` to a clip of yours.
 
 # %%
 chart_path = setup.workdir / "revenue.png"
 chart_path.write_bytes(make_chart([3, 7, 4, 9], ["Q1", "Q2", "Q3", "Q4"], title="Revenue"))
-clip_path = setup.workdir / "clip.mp4"
-clip_path.write_bytes(make_mp4(duration_s=6.0, width=640, height=360, fps=8.0))
+clip_path = sample_video("clip.mp4", duration_s=6.0, width=640, height=360, fps=8.0)
 
 
 def lc_block(path: Path, kind: str) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from _setup import clip, connect
+from _setup import clip, connect, sample_video
 from langchain_core.messages import HumanMessage
 from llama_index.core.base.llms.types import ThinkingBlock
 from llama_index.core.llms import ChatMessage, ImageBlock, TextBlock, VideoBlock
@@ -40,7 +40,7 @@ from llama_index.core.llms import ChatMessage, ImageBlock, TextBlock, VideoBlock
 from langchain_nemovlm import ChatNemoFal, ChatNemoVLM
 from llama_index.llms.nemovlm import NemoFal, NemoVLM
 from nemovlm.errors import UnsupportedInputError
-from nemovlm.samples import make_chart, make_mp4
+from nemovlm.samples import make_chart
 
 setup = connect()
 
@@ -84,9 +84,10 @@ print([block["type"] for block in msg.content_blocks])
 # Video and reasoning do not mix on this model; the package says so before sending.
 
 # %%
+video_path = sample_video("clip.mp4", duration_s=4.0)
 clip_block = {
     "type": "video",
-    "base64": base64.b64encode(make_mp4(duration_s=4.0)).decode(),
+    "base64": base64.b64encode(video_path.read_bytes()).decode(),
     "mime_type": "video/mp4",
 }
 try:
@@ -154,8 +155,6 @@ msg = omni.invoke(lc_ask("Summarise the clip.", clip_block))
 print("Omni reasoning:", clip(msg.additional_kwargs.get("reasoning_content"), 150))
 print("Omni answer   :", clip(msg.content, 150))
 
-video_path = setup.workdir / "clip.mp4"
-video_path.write_bytes(base64.b64decode(clip_block["base64"]))
 li_omni = NemoFal(model="nvidia/nemotron-3-nano-omni/video", reasoning=True, max_tokens=1024)
 response = li_omni.chat(li_ask("Summarise the clip.", VideoBlock(path=video_path)))
 print("LlamaIndex Omni thinking:", clip(li_thinking(response.message), 100), "\n")

@@ -32,7 +32,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from _setup import clip, connect
+from _setup import clip, connect, sample_video
 from langchain_core.messages import HumanMessage
 from llama_index.core.llms import ChatMessage, TextBlock, VideoBlock
 
@@ -46,13 +46,12 @@ setup = connect()
 
 # %% [markdown]
 # ## A local MP4
-# `make_mp4` writes an 8-second 640x360 clip at 8 fps into a temporary folder (its
-# frames are dummies: swap in a real clip for a real model). `read_video_info` reads
-# what the container states, without ffmpeg.
+# `make_mp4` writes an 8-second 640x360 clip at 8 fps into a temporary folder. Its
+# frames are dummies: for a real model, set `NEMOVLM_SAMPLE_VIDEO` to a clip of yours.
+# `read_video_info` reads what the container states, without ffmpeg.
 
 # %%
-clip_path = setup.workdir / "street.mp4"
-clip_path.write_bytes(make_mp4(duration_s=8.0, width=640, height=360, fps=8.0))
+clip_path = sample_video("street.mp4", duration_s=8.0, width=640, height=360, fps=8.0)
 print(read_video_info(clip_path))
 
 

@@ -122,6 +122,30 @@ def _announce(setup: Setup) -> None:
     print(f"{nim}\n{fal}\n")
 
 
+def sample_video(name: str, **make_mp4_options: Any) -> Path:
+    """An MP4 in the work folder: a copy of ``NEMOVLM_SAMPLE_VIDEO`` when that names a
+    clip of yours, else ``nemovlm.samples.make_mp4(**make_mp4_options)``.
+
+    ``make_mp4``'s boxes state a real duration, size and frame rate but its frames are
+    dummies: the emulator reads it fine, a real model cannot decode it.
+    """
+    setup = connect()
+    target = setup.workdir / name
+    own = os.environ.get("NEMOVLM_SAMPLE_VIDEO")
+    if own:
+        shutil.copyfile(own, target)
+        return target
+    from nemovlm.samples import make_mp4
+
+    target.write_bytes(make_mp4(**make_mp4_options))
+    if not setup.offline:
+        print(
+            f"Note: {name} has dummy frames that real models cannot decode; "
+            "set NEMOVLM_SAMPLE_VIDEO to a real MP4 (up to 2 minutes, 1080p)."
+        )
+    return target
+
+
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to the end, from a script or from a notebook cell.
 

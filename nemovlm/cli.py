@@ -134,8 +134,8 @@ def _run_emulator(args: argparse.Namespace) -> int:
         f"  from nemovlm.emulator.fal import aim_fal_client; "
         f"aim_fal_client({fal.url!r}, {str(fal.ca_bundle)!r})\n"
     )
-    print("Ctrl-C stops it.", flush=True)
     try:
+        print("Ctrl-C stops it.", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

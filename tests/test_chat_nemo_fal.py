@@ -276,12 +276,12 @@ class Scene(BaseModel):
 
 def test_with_structured_output_returns_the_schema(omni: ChatNemoFal) -> None:
     scene = omni.with_structured_output(Scene).invoke(about_video("Describe the scene"))
-    assert scene == Scene(subject="Describe the scene", people=1)
+    assert scene == Scene(subject="scene", people=1)
 
 
 def test_structured_output_through_a_forced_tool_call(diffusion: ChatNemoFal) -> None:
     llm = diffusion.with_structured_output(Scene, method="function_calling")
-    assert llm.invoke(about_image("Describe it")) == Scene(subject="Describe it", people=1)
+    assert llm.invoke(about_image("Describe it")) == Scene(subject="it", people=1)
 
 
 # --- queue progress in callbacks ------------------------------------------------------------------

@@ -447,7 +447,7 @@ WEATHER = {
 CLOCK = {"name": "get_time", "description": "Time", "parameters": {"type": "object"}}
 
 
-def tool_prompt(choice: str, question: str = "Weather in Paris please") -> str:
+def tool_prompt(choice: str, question: str = "Weather in Paris") -> str:
     return (
         f"<tools>\n{json.dumps([WEATHER, CLOCK])}\n</tools>\n"
         f"<tool_choice>{choice}</tool_choice>\nuser: {question}"
@@ -463,7 +463,7 @@ def test_a_tool_prompt_gets_exactly_a_tool_call_built_from_the_required_properti
             {
                 "name": "get_weather",
                 "arguments": {
-                    "city": "user Weather in",
+                    "city": "Paris",  # strings come from the prompt's own words
                     "days": 1,
                     "unit": "celsius",
                     "detailed": True,
@@ -507,7 +507,7 @@ def test_a_json_schema_prompt_gets_an_object_synthesised_from_it(
     prompt = f"<json_schema>\n{json.dumps(schema)}\n</json_schema>\nDescribe it"
     result = client.subscribe(DIFFUSION_APP, diffusion(prompt=prompt), interval=FAST)
     assert json.loads(result["output"]) == {
-        "title": "Describe it",
+        "title": "it",
         "score": 1.5,
         "tags": [],
         "meta": {},

@@ -19,6 +19,7 @@ SSE parsing and error types are still the SDK's.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import json
 import os
@@ -26,10 +27,9 @@ import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import openai
 from pydantic import SecretStr
 
 from nemovlm.errors import (
@@ -52,11 +52,13 @@ from nemovlm.pipeline import (
 from nemovlm.profiles import ModelProfile
 from nemovlm.tools import _map_tool, _map_tool_choice
 
+if TYPE_CHECKING:
+    # Imported where a request is made: ``import openai`` takes longer than the rest
+    # of the package's import, and making a model instance needs none of it.
+    import openai
+
 HOSTED_BASE_URL = "https://integrate.api.nvidia.com/v1"
 _PATH = "/chat/completions"
-# Chunks as plain dicts: the SDK's chunk models cost more than the rest of the path.
-_STREAM = openai.Stream[object]
-_ASTREAM = openai.AsyncStream[object]
 
 
 def resolve_base_url(base_url: str | None) -> str:
@@ -134,6 +136,8 @@ class NIMBackend:
     @property
     def client(self) -> openai.OpenAI:
         if self._client is None:
+            import openai
+
             self._client = openai.OpenAI(**self._client_kwargs(), http_client=self.http_client)
         return self._client
 
@@ -142,6 +146,8 @@ class NIMBackend:
         """The async client of the running event loop: pooled connections belong to the
         loop that opened them, so a model used from several loops (``asyncio.run`` twice,
         one loop per test) gets one client each instead of reusing dead connections."""
+        import openai
+
         if self.async_http_client is not None:
             # The caller's own client is bound to whichever loop they made it for.
             if self._aclient_own is None:
@@ -197,7 +203,7 @@ class NIMBackend:
         state = _StreamState()
         with _converted_errors(self.profile.model, self.timeout, state):
             chunks = self.client.post(
-                _PATH, body=request, cast_to=object, stream=True, stream_cls=_STREAM
+                _PATH, body=request, cast_to=object, stream=True, stream_cls=_stream_classes()[0]
             )
             for chunk in chunks:
                 yield state.feed(_process_chunk(chunk, self.profile.model), prepared.processor)
@@ -209,7 +215,7 @@ class NIMBackend:
         state = _StreamState()
         with _converted_errors(self.profile.model, self.timeout, state):
             achunks = await self.async_client.post(
-                _PATH, body=request, cast_to=object, stream=True, stream_cls=_ASTREAM
+                _PATH, body=request, cast_to=object, stream=True, stream_cls=_stream_classes()[1]
             )
             async for chunk in achunks:
                 yield state.feed(_process_chunk(chunk, self.profile.model), prepared.processor)
@@ -433,9 +439,21 @@ class _StreamState:
         return processor.finish()
 
 
+@functools.cache
+def _stream_classes() -> tuple[Any, Any]:
+    """The SDK's stream classes yielding chunks as plain dicts: the SDK's chunk models
+    cost more CPU than the rest of the path."""
+    import openai
+
+    return openai.Stream[object], openai.AsyncStream[object]
+
+
+@functools.cache
 def _http_errors(*names: str) -> tuple[type[Exception], ...]:
     """The named exception classes of httpx and, where installed, of httpx2 (the fork
-    openai 3.x speaks through), so transport errors are caught whichever is in use."""
+    openai 3.x speaks through), so transport errors are caught whichever is in use.
+    Looked up on the first error (an ``except`` clause is evaluated only then), so
+    importing this module does not import httpx2."""
     modules: list[Any] = [httpx]
     try:
         modules.append(importlib.import_module("httpx2"))
@@ -444,8 +462,8 @@ def _http_errors(*names: str) -> tuple[type[Exception], ...]:
     return tuple(getattr(module, name) for module in modules for name in names)
 
 
-_BROKEN_CONNECTION = _http_errors("RemoteProtocolError", "ReadError")
-_HTTP_TIMEOUTS = _http_errors("TimeoutException")
+_BROKEN_CONNECTION = ("RemoteProtocolError", "ReadError")
+_HTTP_TIMEOUTS = ("TimeoutException",)
 
 
 @contextmanager
@@ -453,6 +471,8 @@ def _converted_errors(
     model: str, timeout: float | None, stream: _StreamState | None = None
 ) -> Iterator[None]:
     """SDK and transport errors -> ``nemovlm.errors``, keeping status, id and message."""
+    import openai
+
     try:
         yield
     except openai.APITimeoutError as exc:
@@ -472,7 +492,8 @@ def _converted_errors(
         cause = exc.__cause__
         # The SDK reports a connection cut mid-reply as a connection error too; but the
         # server was reached, and what it sent is a broken answer.
-        if (stream is not None and stream.started) or isinstance(cause, _BROKEN_CONNECTION):
+        broken = _http_errors(*_BROKEN_CONNECTION)
+        if (stream is not None and stream.started) or isinstance(cause, broken):
             raise IncompleteResponseError(
                 f"The reply from {model} broke off before it was complete ({cause or exc}): "
                 "the answer is incomplete. Retry the request."
@@ -486,12 +507,12 @@ def _converted_errors(
         raise IncompleteResponseError(
             f"The server's reply for {model} did not have the expected shape: {exc}"
         ) from exc
-    except _BROKEN_CONNECTION as exc:
+    except _http_errors(*_BROKEN_CONNECTION) as exc:
         raise IncompleteResponseError(
             f"The connection to the server broke mid-reply ({model}): {exc}. "
             "The answer is incomplete; retry the request."
         ) from exc
-    except _HTTP_TIMEOUTS as exc:
+    except _http_errors(*_HTTP_TIMEOUTS) as exc:
         raise RequestTimeoutError(
             f"{model} went quiet for longer than timeout={timeout} s mid-reply: raise the "
             "model's `timeout` setting, or check the server."

@@ -8,10 +8,31 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from nemovlm.emulator.nim import create_nim_app
 from nemovlm.emulator.server import RunningServer
 
-__all__ = ["RunningServer", "create_nim_app", "start_nim_emulator"]
+if TYPE_CHECKING:
+    from nemovlm.emulator.fal import FalEmulator, start_fal_emulator, use_fal_emulator
+
+__all__ = [
+    "FalEmulator",
+    "RunningServer",
+    "create_nim_app",
+    "start_fal_emulator",
+    "start_nim_emulator",
+    "use_fal_emulator",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The fal emulator needs trustme (TLS); load it only when asked for.
+    if name in ("FalEmulator", "start_fal_emulator", "use_fal_emulator"):
+        from nemovlm.emulator import fal
+
+        return getattr(fal, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def start_nim_emulator(port: int = 0, host: str = "127.0.0.1") -> RunningServer:

@@ -78,6 +78,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from nemovlm.emulator.schema import Hint, hint_from_text, synthesize
 from nemovlm.emulator.server import RunningServer
 
 FaultKind = Literal["failed", "422", "slow", "bad_json", "429"]
@@ -334,7 +335,7 @@ def _protocol_reply(text: str) -> str | None:
         if choice != "none" and isinstance(tools, list) and tools:
             chosen = next((t for t in tools if t.get("name") == choice), tools[0])
             params = chosen.get("parameters") or {}
-            args = _synthesise(params, params, hint)
+            args = synthesize(params, hint)
             call = {"name": chosen.get("name"), "arguments": args if isinstance(args, dict) else {}}
             return json.dumps({"tool_calls": [call]})
     schema_match = _JSON_SCHEMA.search(text)
@@ -343,51 +344,15 @@ def _protocol_reply(text: str) -> str | None:
             schema = json.loads(schema_match.group(1))
         except ValueError:
             return None
-        return json.dumps(_synthesise(schema, schema, hint))
+        return json.dumps(synthesize(schema, hint))
     return None
 
 
-def _short_hint(text: str) -> str:
-    """A short string from the prompt's own words, for synthesised string values."""
+def _short_hint(text: str) -> Hint:
+    """Values from the prompt's own words (its last line, protocol blocks left out)."""
     plain = _PROTOCOL_BLOCK.sub(" ", text)
     lines = [line.strip() for line in plain.splitlines() if line.strip()]
-    words = re.findall(r"[A-Za-z0-9]+", lines[-1] if lines else "")
-    return " ".join(words[:3]) or "emulated"
-
-
-def _synthesise(schema: Any, root: dict[str, Any], hint: str, depth: int = 0) -> Any:
-    if not isinstance(schema, dict) or depth > 8:
-        return None
-    if "$ref" in schema:
-        target: Any = root
-        for key in str(schema["$ref"]).lstrip("#/").split("/"):
-            target = target.get(key, {}) if isinstance(target, dict) else {}
-        return _synthesise(target, root, hint, depth + 1)
-    if "const" in schema:
-        return schema["const"]
-    if schema.get("enum"):
-        return schema["enum"][0]
-    for combo in ("anyOf", "oneOf", "allOf"):
-        options = [o for o in schema.get(combo, []) if o.get("type") != "null"]
-        if options:
-            return _synthesise(options[0], root, hint, depth + 1)
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), None)
-    if kind == "object" or (kind is None and "properties" in schema):
-        props = schema.get("properties") or {}
-        return {
-            name: _synthesise(props.get(name, {}), root, hint, depth + 1)
-            for name in schema.get("required", [])
-        }
-    return {
-        "string": hint,
-        "integer": 1,
-        "number": 1.5,
-        "boolean": True,
-        "array": [],
-        "null": None,
-    }.get(str(kind), hint)
+    return hint_from_text(lines[-1] if lines else "")
 
 
 # --- the two apps ----------------------------------------------------------------------
@@ -876,10 +841,7 @@ class FalEmulator:
         # A TLS connection a client left open closes only after the client answers the
         # close_notify, so uvicorn would wait (up to RunningServer's 10 s join) for
         # clients that may never close: skip that wait, as uvicorn's second Ctrl-C does.
-        uvicorn_server = self.server._server
-        if uvicorn_server is not None:
-            uvicorn_server.force_exit = True
-        self.server.stop()
+        self.server.stop(force=True)
 
     def __enter__(self) -> FalEmulator:
         return self

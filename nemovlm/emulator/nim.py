@@ -60,6 +60,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as ASGIMessage
 
+from nemovlm.emulator.schema import Hint, SchemaError, hint_from_text, synthesize
 from nemovlm.media import read_video_info, sniff_format
 
 __all__ = [
@@ -808,7 +809,7 @@ def _compose_reply(chat: _Chat, ident: str, fault: str | None) -> _Reply:
     after_tools = len(chat.turns) > 1 and chat.turns[-2].role == "tool"
     if chat.tools and choice != "none" and last.role == "user" and not after_tools:
         tool = _chosen_tool(chat.tools, choice)["function"]
-        arguments = _synthesize(tool.get("parameters") or {}, tool.get("parameters"), hint)
+        arguments = _synthesize(tool.get("parameters") or {}, hint)
         call = _ToolCall(f"call_{ident}_0", tool["name"], json.dumps(arguments, ensure_ascii=False))
         reply = _Reply(None, tool_calls=[call], finish_reason="tool_calls")
         return _with_reasoning(reply, chat, tool_call=True)
@@ -822,7 +823,7 @@ def _compose_reply(chat: _Chat, ident: str, fault: str | None) -> _Reply:
         if prompt_choice != "none":
             tool = _chosen_prompt_tool(tools, prompt_choice)
             params = tool.get("parameters")
-            arguments = _synthesize(params or {}, params, hint)
+            arguments = _synthesize(params or {}, hint)
             calls = [{"name": tool["name"], "arguments": arguments}]
             content = json.dumps({"tool_calls": calls}, ensure_ascii=False)
             return _finish(content, chat)
@@ -927,7 +928,7 @@ def _chosen_prompt_tool(tools: list[dict[str, Any]], choice: str) -> dict[str, A
     return next((t for t in tools if t["name"] == choice), tools[0])
 
 
-def _structured_output(chat: _Chat, hint: _Hint) -> Any | None:
+def _structured_output(chat: _Chat, hint: Hint) -> Any | None:
     """A JSON value when ``response_format`` or a ``<json_schema>`` prompt asks for one."""
     response_format = chat.body.get("response_format")
     if chat.rules.json_schema and isinstance(response_format, dict):
@@ -940,7 +941,7 @@ def _structured_output(chat: _Chat, hint: _Hint) -> Any | None:
                     "response_format json_schema needs {'json_schema': {'name': ..., "
                     "'schema': {...}}}."
                 )
-            return _synthesize(schema, schema, hint)
+            return _synthesize(schema, hint)
         if kind == "json_object":
             return {"emulator": "nemovlm", "answer": hint.text}
         if kind not in ("text", None):
@@ -956,156 +957,18 @@ def _structured_output(chat: _Chat, hint: _Hint) -> Any | None:
         raise _BadRequest(
             "<json_schema> in the system prompt is not valid JSON (emulator check)."
         ) from None
-    return _synthesize(schema, schema, hint)
+    return _synthesize(schema, hint)
 
 
-@dataclass(frozen=True)
-class _Hint:
-    """Values taken from the user's text for synthesized arguments, so a caller can see
-    its own words come back (``get_weather("Paris")``, ``magic_function(3)``)."""
-
-    text: str = "emulated"
-    number: float | None = None
+def _hint(turn: _Turn | None) -> Hint:
+    return hint_from_text(turn.text if turn else "")
 
 
-_QUOTED = re.compile(r"""(?<!\w)'([^']{1,80})'(?!\w)|"([^"]{1,80})"|“([^”]{1,80})”""")
-_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
-
-
-def _hint(turn: _Turn | None) -> _Hint:
-    """Strings: the first quoted phrase of the user's text, else its last word; numbers:
-    the first number in it."""
-    text = turn.text if turn else ""
-    quoted = _QUOTED.search(text)
-    words = re.findall(r"[\w'-]+", text)
-    if quoted:
-        value = next(g for g in quoted.groups() if g is not None)
-    else:
-        value = words[-1] if words else "emulated"
-    number = _NUMBER.search(text)
-    return _Hint(value, float(number.group()) if number else None)
-
-
-def _synthesize(schema: Any, root: Any, hint: _Hint, depth: int = 0) -> Any:
-    """A value valid for ``schema``: required properties only, the simplest of each type."""
-    if not isinstance(schema, dict) or depth > 16:
-        return hint.text
-    if isinstance(schema.get("$ref"), str):
-        return _synthesize(_resolve_ref(root, schema["$ref"]), root, hint, depth + 1)
-    if "const" in schema:
-        return schema["const"]
-    if isinstance(schema.get("enum"), list) and schema["enum"]:
-        return schema["enum"][0]
-    for key in ("anyOf", "oneOf"):
-        options = schema.get(key)
-        if isinstance(options, list) and options:
-            picked = next((o for o in options if not _is_null(o)), options[0])
-            return _synthesize(picked, root, hint, depth + 1)
-    if isinstance(schema.get("allOf"), list) and schema["allOf"]:
-        return _synthesize(_merge_all_of(schema, root), root, hint, depth + 1)
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind is None:
-        kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
-    if kind == "string":
-        return _synthesize_string(schema, hint)
-    if kind == "integer":
-        return math.ceil(_clamp(1 if hint.number is None else round(hint.number), schema))
-    if kind == "number":
-        return _clamp(1.5 if hint.number is None else hint.number, schema)
-    if kind == "boolean":
-        return True
-    if kind == "null":
-        return None
-    if kind == "array":
-        items = schema.get("items", {})
-        resolved = (
-            _resolve_ref(root, items["$ref"])
-            if isinstance(items, dict) and "$ref" in items
-            else items
-        )
-        count = max(int(schema.get("minItems", 0)), 1 if _is_object(resolved) else 0)
-        return [_synthesize(items, root, hint, depth + 1) for _ in range(count)]
-    if kind == "object":
-        properties = schema.get("properties") or {}
-        required = schema.get("required") or []
-        return {
-            name: _synthesize(properties.get(name, {"type": "string"}), root, hint, depth + 1)
-            for name in required
-        }
-    return hint.text
-
-
-def _resolve_ref(root: Any, ref: str) -> Any:
-    if not ref.startswith("#"):
-        raise _BadRequest(f"JSON schema $ref {ref!r}: only local '#/...' references work.")
-    node = root
-    for raw_key in ref.lstrip("#").strip("/").split("/"):
-        key = raw_key.replace("~1", "/").replace("~0", "~")  # JSON Pointer escapes
-        if not key:
-            continue
-        if not isinstance(node, dict) or key not in node:
-            raise _BadRequest(f"JSON schema $ref {ref!r} points nowhere in the schema.")
-        node = node[key]
-    return node
-
-
-def _merge_all_of(schema: dict[str, Any], root: Any) -> dict[str, Any]:
-    merged: dict[str, Any] = {k: v for k, v in schema.items() if k != "allOf"}
-    for sub in schema["allOf"]:
-        if isinstance(sub, dict) and "$ref" in sub:
-            sub = _resolve_ref(root, sub["$ref"])
-        if not isinstance(sub, dict):
-            continue
-        for key, value in sub.items():
-            if key == "properties":
-                merged["properties"] = {**merged.get("properties", {}), **value}
-            elif key == "required":
-                merged["required"] = [*merged.get("required", []), *value]
-            else:
-                merged.setdefault(key, value)
-    return merged
-
-
-def _is_null(schema: Any) -> bool:
-    return isinstance(schema, dict) and schema.get("type") == "null"
-
-
-def _is_object(schema: Any) -> bool:
-    return isinstance(schema, dict) and (schema.get("type") == "object" or "properties" in schema)
-
-
-_STRING_FORMATS = {
-    "date-time": "2024-01-01T00:00:00Z",
-    "date": "2024-01-01",
-    "time": "00:00:00",
-    "email": "user@example.com",
-    "uri": "https://example.com",
-    "uuid": "00000000-0000-0000-0000-000000000000",
-}
-
-
-def _synthesize_string(schema: dict[str, Any], hint: _Hint) -> str:
-    value = _STRING_FORMATS.get(schema.get("format", ""), hint.text)
-    min_length, max_length = schema.get("minLength"), schema.get("maxLength")
-    if isinstance(min_length, int) and len(value) < min_length:
-        value = value.ljust(min_length, "x")
-    if isinstance(max_length, int):
-        value = value[:max_length]
-    return value
-
-
-def _clamp(value: float, schema: dict[str, Any]) -> float:
-    if isinstance(schema.get("minimum"), (int, float)):
-        value = max(value, schema["minimum"])
-    if isinstance(schema.get("exclusiveMinimum"), (int, float)):
-        value = max(value, schema["exclusiveMinimum"] + 1)
-    if isinstance(schema.get("maximum"), (int, float)):
-        value = min(value, schema["maximum"])
-    if isinstance(schema.get("exclusiveMaximum"), (int, float)):
-        value = min(value, schema["exclusiveMaximum"] - 1)
-    return value
+def _synthesize(schema: Any, hint: Hint) -> Any:
+    try:
+        return synthesize(schema, hint)
+    except SchemaError as exc:
+        raise _BadRequest(str(exc)) from exc
 
 
 def _reasoning_text(chat: _Chat) -> str:

@@ -65,9 +65,12 @@ class RunningServer:
         self.port = sockets[0].getsockname()[1]
         return self
 
-    def stop(self) -> None:
+    def stop(self, *, force: bool = False) -> None:
+        """Stop serving. ``force`` does not wait for open connections to close (a TLS
+        client may never answer the close, as uvicorn's second Ctrl-C knows)."""
         if self._server is not None:
             self._server.should_exit = True
+            self._server.force_exit = force
         if self._thread is not None:
             self._thread.join(timeout=10)
 
