@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import io
 import math
@@ -124,10 +125,15 @@ class PreparedMedia:
             return self.url
         mime = self.mime_type or "application/octet-stream"
         if self.data is not None:
-            return to_data_url(self.data, mime)
+            return self._data_url
         if self.path is not None:
             return to_data_url(self.path.read_bytes(), mime)
         raise ValueError("PreparedMedia holds neither url, data nor path.")
+
+    @functools.cached_property
+    def _data_url(self) -> str:
+        # Kept: a cached image goes out once per turn and per call, encoded only once.
+        return to_data_url(self.data or b"", self.mime_type or "application/octet-stream")
 
     @property
     def size(self) -> int | None:
@@ -309,6 +315,13 @@ def media_from_string(value: str, kind: MediaKind, policy: MediaPolicy) -> Media
     if not text:
         raise UnsupportedInputError(f"An empty string was given as {kind}; pass a URL or data.")
     scheme = _scheme_of(text)
+    if scheme in ("http", "https", "file"):
+        try:
+            urlsplit(text)
+        except ValueError as exc:  # e.g. an unclosed '[' where the host goes
+            raise UnsupportedInputError(
+                f"The {kind} URL {_shorten(text)!r} is malformed ({exc}); check the URL."
+            ) from exc
     if scheme in ("http", "https"):
         if not urlsplit(text).netloc:
             raise UnsupportedInputError(
@@ -316,7 +329,7 @@ def media_from_string(value: str, kind: MediaKind, policy: MediaPolicy) -> Media
             )
         return MediaPart(kind=kind, url=text)
     if scheme == "data":
-        mime, _ = _parse_data_url(text, f"{kind} data URL")
+        mime, _, _ = _checked_data_url(text, f"{kind} data URL")
         return MediaPart(kind=kind, url=text, mime_type=mime)
     if scheme in (None, "file"):
         return MediaPart(kind=kind, path=_allowed_path(text, scheme, kind, policy))
@@ -555,8 +568,14 @@ def _prepare_image(
             return _CACHE.get_or_make((_digest(fetched), settings), lambda: process(fetched))
         if scheme != "data":
             raise _refuse_url_scheme(part)
-        _, decoded = _parse_data_url(part.url, part.describe())
-        return _CACHE.get_or_make((_digest(decoded), settings), lambda: process(decoded))
+        _, key, decoded = _checked_data_url(part.url, part.describe())
+
+        def from_url() -> PreparedMedia:
+            assert part.url is not None
+            data = decoded if decoded is not None else _parse_data_url(part.url, part.describe())[1]
+            return process(data)
+
+        return _CACHE.get_or_make((key, settings), from_url)
     if part.data is not None:
         data = part.data
         return _CACHE.get_or_make((_digest(data), settings), lambda: process(data))
@@ -570,6 +589,62 @@ def _prepare_image(
 
 def _digest(data: bytes) -> tuple[str, bytes, int]:
     return ("bytes", hashlib.blake2b(data, digest_size=20).digest(), len(data))
+
+
+def _checked_data_url(url: str, what: str) -> tuple[str | None, Hashable, bytes | None]:
+    """A data URL's declared MIME type, the digest of its bytes, and the bytes when they
+    had to be decoded now (``None`` when the same URL was checked before)."""
+    known = _DATA_URLS.get(url)
+    if known is not None:
+        return known[0], known[1], None
+    mime, data = _parse_data_url(url, what)
+    key = _digest(data)
+    _DATA_URLS.put(url, (mime, key))
+    return mime, key, data
+
+
+class _DataUrlMemo:
+    """Data URLs checked before, by the URL string itself -> (MIME type, digest).
+
+    A conversation carries the same data URL in every call, often in several turns;
+    base64-decoding it (to check it, then to find it in the cache) costs more than all
+    the rest of a turn. An entry holds the URL, not its bytes; bounded by entries and
+    by the characters of the URLs held.
+    """
+
+    def __init__(self, max_entries: int = 64, max_chars: int = 64 * 1024 * 1024) -> None:
+        self._items: OrderedDict[str, tuple[str | None, Hashable]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._chars = 0
+        self.max_entries = max_entries
+        self.max_chars = max_chars
+
+    def get(self, url: str) -> tuple[str | None, Hashable] | None:
+        with self._lock:
+            found = self._items.get(url)
+            if found is not None:
+                self._items.move_to_end(url)
+            return found
+
+    def put(self, url: str, value: tuple[str | None, Hashable]) -> None:
+        if len(url) > self.max_chars:
+            return
+        with self._lock:
+            if self._items.pop(url, None) is not None:
+                self._chars -= len(url)
+            self._items[url] = value
+            self._chars += len(url)
+            while len(self._items) > self.max_entries or self._chars > self.max_chars:
+                dropped, _ = self._items.popitem(last=False)
+                self._chars -= len(dropped)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._chars = 0
+
+
+_DATA_URLS = _DataUrlMemo()
 
 
 def _process_image_bytes(
@@ -873,6 +948,7 @@ def cache_info() -> MediaCacheInfo:
 def clear_cache() -> None:
     """Empty the prepared-image cache and reset its counters."""
     _CACHE.clear()
+    _DATA_URLS.clear()
 
 
 def set_cache_limits(max_entries: int = 256, max_bytes: int = 256 * 1024 * 1024) -> None:

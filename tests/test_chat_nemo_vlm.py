@@ -214,6 +214,21 @@ def test_image_from_a_tool_reaches_a_native_tool_model_as_a_user_message(
     assert "image 1: png 64x48" in msg.content
 
 
+def test_agent_whose_tool_returns_an_image_reaches_a_final_answer(llm: ChatNemoVLM) -> None:
+    # The image follows the tool message as a user turn; the loop must still end.
+    bound = llm.bind_tools([get_weather])
+    history: list[Any] = [HumanMessage("Plot the weather in Paris")]
+    first = bound.invoke(history)
+    call = first.tool_calls[0]
+    history += [
+        first,
+        ToolMessage(content=[{"type": "text", "text": "chart"}, image_part()],
+                    tool_call_id=call["id"]),
+    ]  # fmt: skip
+    final = bound.invoke(history)
+    assert not final.tool_calls and final.content.startswith("[nemovlm emulator]")
+
+
 def test_image_from_a_tool_reaches_a_prompt_tool_model(nim_url: str, wire: WireLog) -> None:
     history = [
         HumanMessage("Plot it"),
