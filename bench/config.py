@@ -9,7 +9,7 @@ from dataclasses import dataclass
 class Config:
     canned_url: str
     """Root URL of the canned server (``bench.canned``), without ``/v1``."""
-    rounds: int = 5
+    rounds: int = 3
     """Rounds of interleaved calls; each scenario scales its own work by this."""
     quick: bool = False
     """The smallest run that still produces every table (the smoke test's)."""

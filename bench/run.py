@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("scenarios", nargs="*", choices=[[], *SCENARIOS], default=[],
                         metavar="SCENARIO", help=f"any of {', '.join(SCENARIOS)} (default: all)")  # fmt: skip
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of interleaved calls")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of interleaved calls")
     parser.add_argument("--quick", action="store_true", help="tiny run: checks the harness")
     parser.add_argument("--allow-missing", action="store_true", help="run without the peers")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")

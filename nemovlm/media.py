@@ -682,8 +682,11 @@ def _process_image_bytes(
     width, height = image.size
     # EXIF orientations 5-8 turn the picture a quarter: it shows as height x width.
     try:
-        # A PNG may keep EXIF after its pixels, so reading it can decode a broken file.
+        # Reading EXIF (kept after the pixels in a PNG) or counting frames (TIFF) can
+        # decode a broken file, so corruption may show here already.
         turned = image.getexif().get(0x0112) in (5, 6, 7, 8)
+        # Camera JPEGs (MPO) carry extra pictures as "frames", but they are stills.
+        animated = getattr(image, "n_frames", 1) > 1 and fmt != "jpeg"
     except Exception as exc:  # Pillow's plugins raise many types on malformed input.
         raise UnsupportedInputError(
             f"The {part.describe()} cannot be decoded ({exc}); it may be corrupt or truncated."
@@ -698,8 +701,6 @@ def _process_image_bytes(
         width=height if turned else width,
         height=width if turned else height,
     )
-    # Camera JPEGs (MPO) carry extra pictures as "frames", but they are stills.
-    animated = getattr(image, "n_frames", 1) > 1 and fmt != "jpeg"
     # A downscaled animation would lose its frames; an accepted one goes as it is.
     too_big = budget is not None and width * height > budget and not animated
     if not needs_conversion and (not too_big or fmt not in _PIL_WRITERS):

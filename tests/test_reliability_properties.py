@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 
 from langchain_nemovlm._convert import _map_messages as _map_langchain_messages
+from nemovlm.backends.fal import _process_result
 from nemovlm.backends.nim import (
     _map_messages,
     _process_chunk,
@@ -32,15 +33,27 @@ from nemovlm.backends.nim import (
 )
 from nemovlm.errors import IncompleteResponseError, UnsupportedInputError
 from nemovlm.media import MediaPolicy, media_from_string, prepare_media
-from nemovlm.messages import Delta, MediaPart, Part, Reply, TextPart, ToolCall, ToolSpec, Turn
+from nemovlm.messages import (
+    Delta,
+    MediaKind,
+    MediaPart,
+    Part,
+    Reply,
+    TextPart,
+    ToolCall,
+    ToolSpec,
+    Turn,
+)
 from nemovlm.options import RequestOptions
 from nemovlm.pipeline import ReplyProcessor, assemble_reply, prepare, process_whole
 from nemovlm.profiles import get_profile
-from nemovlm.samples import make_image
+from nemovlm.samples import make_image, make_mp4
 from nemovlm.tools import _process_tool_reply
 
 GENERIC = get_profile("acme/plain-openai-vlm")
 NANO12 = get_profile("nvidia/nemotron-nano-12b-v2-vl")
+OMNI = get_profile("nvidia/nemotron-3-nano-omni/video")
+DIFFUSION = get_profile("fal-ai/nemotron-diffusion-vlm")
 WEATHER = ToolSpec(
     "get_weather", "", {"type": "object", "properties": {"city": {"type": "string"}}}
 )
@@ -301,7 +314,9 @@ def parse_openai_messages(messages: list[dict[str, Any]]) -> list[Turn]:
     turns = []
     for m in messages:
         content = m.get("content") or ""
-        parts = [TextPart(content)] if isinstance(content, str) else [part(p) for p in content]
+        parts: list[Part] = (
+            [TextPart(content)] if isinstance(content, str) else [part(p) for p in content]
+        )
         calls = [
             ToolCall(c["id"], c["function"]["name"], json.loads(c["function"]["arguments"]))
             for c in m.get("tool_calls") or []
@@ -366,6 +381,14 @@ _json = st.recursive(
     ),
     max_leaves=12,
 )
+_tool_call_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": _json,
+        "index": _json,
+        "function": st.fixed_dictionaries({}, optional={"name": _json, "arguments": _json}) | _json,
+    },
+)
 _chunk_like = st.fixed_dictionaries(
     {},
     optional={
@@ -383,13 +406,41 @@ _chunk_like = st.fixed_dictionaries(
                             "content": _json,
                             "reasoning_content": _json,
                             "reasoning": _json,
-                            "tool_calls": st.lists(_json, max_size=2),
+                            "tool_calls": st.lists(_tool_call_like | _json, max_size=2),
                         },
                     )
                     | _json,
                 },
             )
             | _json,
+            max_size=2,
+        )
+        | _json,
+    },
+)
+
+
+_completion_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": _json,
+        "usage": _json,
+        "choices": st.lists(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "finish_reason": _json,
+                    "message": st.fixed_dictionaries(
+                        {},
+                        optional={
+                            "content": _json,
+                            "reasoning": _json,
+                            "tool_calls": st.lists(_tool_call_like | _json, max_size=2),
+                        },
+                    )
+                    | _json,
+                },
+            ),
             max_size=2,
         )
         | _json,
@@ -404,18 +455,43 @@ def test_a_stream_chunk_of_any_shape_is_mapped_or_refused_as_incomplete(chunk: A
     take it or raise ``IncompleteResponseError``: never ``KeyError``/``TypeError``."""
     processor = ReplyProcessor(tools=TOOLS)
     try:
-        processor.feed(_process_chunk(chunk, "m"))
-        processor.finish()
+        assemble_reply([processor.feed(_process_chunk(chunk, "m")), processor.finish()])
     except IncompleteResponseError:
         pass
 
 
 @settings(max_examples=300, deadline=None)
-@given(_chunk_like.map(lambda c: {**c, "choices": [{"message": c.get("choices")}]}) | _json)
+@given(_completion_like | _json)
 def test_a_completion_of_any_shape_is_mapped_or_refused_as_incomplete(completion: Any) -> None:
     processor = ReplyProcessor(tools=TOOLS)
     try:
         process_whole(_process_completion(completion, "m"), processor)
+    except IncompleteResponseError:
+        pass
+
+
+_fal_result_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "output": st.text(max_size=10) | _json,
+        "usage": st.dictionaries(
+            st.sampled_from(["input_tokens", "output_tokens", "prompt_tokens", "total_tokens"]),
+            _json,
+        )
+        | _json,
+        "timings": _json,
+        "finish_reason": _json,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_fal_result_like | _json, st.sampled_from([DIFFUSION, OMNI]))
+def test_a_fal_result_of_any_shape_is_mapped_or_refused_as_incomplete(
+    result: Any, profile: Any
+) -> None:
+    try:
+        process_whole(_process_result(result, profile, "req-1", {}), ReplyProcessor())
     except IncompleteResponseError:
         pass
 
@@ -450,25 +526,31 @@ def test_no_string_in_content_becomes_a_file_read_without_an_allow_list(
     assert part.url is not None and part.url.split(":", 1)[0].lower() in ("http", "https", "data")
 
 
-_SAMPLES = [make_image(24, 18, fmt) for fmt in ("png", "jpeg", "gif", "webp", "bmp", "tiff")]
+_SAMPLES: list[tuple[MediaKind, bytes]] = [
+    *(("image", make_image(24, 18, fmt)) for fmt in ("png", "jpeg", "gif", "webp", "bmp", "tiff")),
+    ("video", make_mp4(duration_s=1.0)),
+    ("video", make_mp4(duration_s=1.0, moov_first=False, version=1, audio_track=True)),
+]
 
 
-@settings(max_examples=200, deadline=None)
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow describes what it skips
+@settings(max_examples=250, deadline=None)
 @given(
     st.sampled_from(_SAMPLES),
     st.integers(0, 10_000),
     st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=4),
-    st.sampled_from([GENERIC, NANO12]),
+    st.sampled_from([GENERIC, NANO12, OMNI]),
 )
-def test_a_damaged_image_is_prepared_or_refused_cleanly(
-    sample: bytes, keep: int, flips: list[tuple[int, int]], profile: Any
+def test_damaged_media_is_prepared_or_refused_cleanly(
+    sample: tuple[MediaKind, bytes], keep: int, flips: list[tuple[int, int]], profile: Any
 ) -> None:
-    """Cut short and with bytes changed, an image is either still usable or refused with
-    ``UnsupportedInputError`` naming it; no Pillow error escapes."""
-    data = bytearray(sample[: max(1, keep % (len(sample) + 1))])
+    """Cut short and with bytes changed, an image or a video is either still usable or
+    refused with ``UnsupportedInputError``; no Pillow or parser error escapes."""
+    kind, original = sample
+    data = bytearray(original[: max(1, keep % (len(original) + 1))])
     for at, value in flips:
         data[at % len(data)] = value
     try:
-        prepare_media(MediaPart("image", data=bytes(data)), profile)
+        prepare_media(MediaPart(kind, data=bytes(data)), profile)
     except UnsupportedInputError as exc:
-        assert "image" in str(exc)
+        assert kind in str(exc) or "MP4" in str(exc)

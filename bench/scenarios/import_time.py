@@ -54,7 +54,7 @@ def _import_seconds(module: str) -> float | None:
 
 def run(config: Config) -> ScenarioResult:
     started = time.perf_counter()
-    repeats = config.scaled(max(3, config.rounds + 2), 1)
+    repeats = config.scaled(max(3, config.rounds), 1)
     modules = [m for g in GROUPS for m in (g[1], g[2], *g[3], g[4])]
     samples: dict[str, list[float]] = {m: [] for m in modules}
     missing: set[str] = set()

@@ -572,10 +572,18 @@ def _process_result(
 
 def _process_usage(raw: Mapping[str, Any]) -> Usage:
     # Omni says input/output_tokens; the diffusion app prompt/completion_tokens.
-    inputs = int(raw.get("input_tokens", raw.get("prompt_tokens", 0)) or 0)
-    outputs = int(raw.get("output_tokens", raw.get("completion_tokens", 0)) or 0)
-    total = int(raw.get("total_tokens", 0) or 0) or inputs + outputs
+    inputs = _count(raw.get("input_tokens", raw.get("prompt_tokens", 0)))
+    outputs = _count(raw.get("output_tokens", raw.get("completion_tokens", 0)))
+    total = _count(raw.get("total_tokens", 0)) or inputs + outputs
     return Usage(inputs, outputs, total)
+
+
+def _count(value: Any) -> int:
+    # Token counts are metadata: an odd one is dropped rather than costing the answer.
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0
 
 
 def _process_finish_reason(

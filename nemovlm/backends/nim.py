@@ -340,14 +340,53 @@ def _process_usage(usage: Any) -> Usage | None:
         return None
     details = usage.get("completion_tokens_details")
     reasoning = details.get("reasoning_tokens") if isinstance(details, Mapping) else None
-    prompt = usage.get("prompt_tokens") or 0
-    completion = usage.get("completion_tokens") or 0
-    return Usage(prompt, completion, usage.get("total_tokens") or prompt + completion, reasoning)
+    prompt = _count(usage.get("prompt_tokens"))
+    completion = _count(usage.get("completion_tokens"))
+    total = _count(usage.get("total_tokens")) or prompt + completion
+    valid = isinstance(reasoning, int) and not isinstance(reasoning, bool)
+    return Usage(prompt, completion, total, reasoning if valid else None)
 
 
 def _field_reasoning(obj: Mapping[str, Any]) -> str:
     # vLLM-based NIMs use ``reasoning_content``; newer ones (DiffusionGemma) ``reasoning``.
-    return obj.get("reasoning_content") or obj.get("reasoning") or ""
+    return _text(obj.get("reasoning_content"), "reasoning_content") or _text(
+        obj.get("reasoning"), "reasoning"
+    )
+
+
+# Field readers for the reply's JSON. A text field of another type means the reply is
+# malformed: the TypeError becomes IncompleteResponseError in ``_shape_checked``, instead
+# of surfacing later, deep in the reply processor. Counts and labels are only metadata:
+# odd ones are dropped rather than costing the answer.
+
+
+def _text(value: Any, name: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError(f"'{name}' is a {type(value).__name__}, not a string")
+    return value
+
+
+def _arguments(value: Any) -> str:
+    # Some OpenAI-compatible servers send arguments as an object instead of JSON text.
+    return json.dumps(value) if isinstance(value, Mapping) else _text(value, "arguments")
+
+
+def _index(value: Any, default: int) -> int:
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"a tool call 'index' is a {type(value).__name__}, not an integer")
+    return value
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _label(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _process_completion(completion: Any, model: str) -> Delta:
@@ -362,20 +401,20 @@ def _process_completion(completion: Any, model: str) -> Delta:
         chunks = [
             ToolCallChunk(
                 i,
-                call.get("id"),
-                call["function"].get("name"),
-                call["function"].get("arguments") or "",
+                _label(call.get("id")),
+                _label(call["function"].get("name")),
+                _arguments(call["function"].get("arguments")),
             )
             for i, call in enumerate(message.get("tool_calls") or [])
         ]
         return Delta(
-            text=message.get("content") or "",
+            text=_text(message.get("content"), "content"),
             reasoning=_field_reasoning(message),
             tool_call_chunks=chunks,
-            finish_reason=choice.get("finish_reason"),
+            finish_reason=_label(choice.get("finish_reason")),
             usage=_process_usage(completion.get("usage")),
-            model=completion.get("model"),
-            response_id=completion.get("id"),
+            model=_label(completion.get("model")),
+            response_id=_label(completion.get("id")),
         )
 
 
@@ -383,24 +422,27 @@ def _process_chunk(chunk: Any, model: str = "") -> Delta:
     with _shape_checked(model):
         out = Delta(
             usage=_process_usage(chunk.get("usage")),
-            model=chunk.get("model"),
-            response_id=chunk.get("id"),
+            model=_label(chunk.get("model")),
+            response_id=_label(chunk.get("id")),
         )
         choices = chunk.get("choices")
         if not choices:
             return out
         choice = choices[0]
         delta = choice.get("delta")
-        out.finish_reason = choice.get("finish_reason")
+        out.finish_reason = _label(choice.get("finish_reason"))
         if delta is None:
             return out
-        out.text = delta.get("content") or ""
+        out.text = _text(delta.get("content"), "content")
         out.reasoning = _field_reasoning(delta)
         for i, call in enumerate(delta.get("tool_calls") or []):
             fn = call.get("function") or {}
             out.tool_call_chunks.append(
                 ToolCallChunk(
-                    call.get("index", i), call.get("id"), fn.get("name"), fn.get("arguments") or ""
+                    _index(call.get("index"), i),
+                    _label(call.get("id")),
+                    _label(fn.get("name")),
+                    _arguments(fn.get("arguments")),
                 )
             )
         return out

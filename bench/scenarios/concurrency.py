@@ -1,0 +1,217 @@
+"""Scenario 4: ``abatch`` / ``ainvoke`` with 64 requests in flight, 1,000 requests a run.
+
+All runs share one event loop and one model instance per client, against the canned
+server, which counts the TCP connections each run opens (``/stats``): a client made
+per call opens one per request, one pool per instance at most one per request in
+flight. After a short warm-up run, runs are interleaved client by client, round by
+round; throughput is the median over rounds. Memory: the process's RSS around ours'
+runs, and ``tracemalloc`` over a further run of ours (what it leaves allocated).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import random
+import statistics
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+
+from nemovlm.samples import make_image
+
+from bench import clients as c
+from bench.config import Config
+from bench.report import Bars, ScenarioResult, Table, Target
+from bench.timing import rss_bytes
+
+IN_FLIGHT = 64
+TRACED = 200
+WARM_UP = 2 * IN_FLIGHT
+CONNECTIONS_LIMIT = 2 * IN_FLIGHT
+"""A pool opens about one connection per request in flight (a few more when idle ones
+expire or close meanwhile); a client made per call opens one per request."""
+RETAINED_LIMIT = 256 * 1024
+"""Bytes a finished traced run may leave allocated (about 1 KiB per request)."""
+OURS_GATHER = "ChatNemoVLM (ours), ainvoke + gather"
+
+
+def _abatch(model: Any, message: list[Any]) -> Callable[[int], Awaitable[object]]:
+    async def run(n: int) -> object:
+        return await model.abatch([message] * n, config={"max_concurrency": IN_FLIGHT})
+
+    return run
+
+
+def _gather(call: Callable[[], Awaitable[object]]) -> Callable[[int], Awaitable[object]]:
+    async def run(n: int) -> object:
+        gate = asyncio.Semaphore(IN_FLIGHT)
+
+        async def one() -> object:
+            async with gate:
+                return await call()
+
+        return await asyncio.gather(*(one() for _ in range(n)))
+
+    return run
+
+
+def _raw(base_url: str, messages: list[dict[str, Any]]) -> Callable[[int], Awaitable[object]]:
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="not-used")
+
+    async def call() -> object:
+        return await client.chat.completions.create(model=c.MODEL, messages=messages)  # type: ignore[arg-type]
+
+    return _gather(call)
+
+
+async def _stats(client: httpx.AsyncClient, url: str) -> dict[str, int]:
+    response = await client.get(f"{url}/stats")
+    return dict(response.json())
+
+
+async def _measure(config: Config, n: int, rounds: int) -> dict[str, Any]:
+    base_url = config.canned_url + "/v1"
+    image = make_image(64, 48, text="hi")
+    lc_input = c.langchain_input(image)
+    lc = c.langchain_models(base_url)
+    ours = lc[c.LC_OURS].model
+    runs: dict[str, Callable[[int], Awaitable[object]]] = {
+        c.RAW: _raw(base_url, c.openai_messages(image)),
+        OURS_GATHER: _gather(lambda: ours.ainvoke(lc_input)),
+    }
+    kinds = {c.RAW: "floor", OURS_GATHER: "ours"}
+    for name, entry in lc.items():
+        if entry.kind != "floor":  # the raw SDK is the floor here
+            runs[f"{name}, abatch"] = _abatch(entry.model, lc_input)
+            kinds[f"{name}, abatch"] = entry.kind
+
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
+    connections: dict[str, list[int]] = {name: [] for name in runs}
+    ours_rss: list[int] = []
+    rng = random.Random(6)
+    async with httpx.AsyncClient() as stats_client:
+        ours_rss.append(rss_bytes())
+        for _ in range(rounds):
+            order = list(runs)
+            rng.shuffle(order)
+            for name in order:
+                gc.collect()
+                before = await _stats(stats_client, config.canned_url)
+                # Each client starts its timed run with a full pool: its idle connections
+                # may have expired while the others ran.
+                await runs[name](WARM_UP)
+                w0, c0 = time.perf_counter(), time.process_time()
+                await runs[name](n)
+                c1, w1 = time.process_time(), time.perf_counter()
+                after = await _stats(stats_client, config.canned_url)
+                seconds[name].append(w1 - w0)
+                cpu[name].append(c1 - c0)
+                connections[name].append(after["connections"] - before["connections"])
+        gc.collect()
+        ours_rss.append(rss_bytes())
+        # What a further run of ours leaves allocated once it is over.
+        run = runs[f"{c.LC_OURS}, abatch"]
+        tracemalloc.start()
+        await run(TRACED)  # the first traced run fills caches that stay (interned strings...)
+        gc.collect()
+        start_bytes = tracemalloc.get_traced_memory()[0]
+        await run(TRACED)
+        gc.collect()
+        retained = tracemalloc.get_traced_memory()[0] - start_bytes
+        tracemalloc.stop()
+    return {
+        "seconds": seconds,
+        "cpu": cpu,
+        "connections": connections,
+        "kinds": kinds,
+        "ours_rss": ours_rss,
+        "retained": retained,
+    }
+
+
+def run(config: Config) -> ScenarioResult:
+    started = time.perf_counter()
+    n = config.scaled(1000, 80)
+    rounds = config.scaled(max(1, config.rounds // 3), 1)
+    m = asyncio.run(_measure(config, n, rounds))
+    result = ScenarioResult("concurrency", f"4. Concurrency ({n:,} requests, {IN_FLIGHT} in flight)")
+    throughput = {name: n / statistics.median(s) for name, s in m["seconds"].items()}
+    ours_name = f"{c.LC_OURS}, abatch"
+    rows = []
+    for name in sorted(throughput, key=lambda k: -throughput[k]):
+        rows.append(
+            [
+                name,
+                f"{throughput[name]:,.0f}",
+                f"{throughput[ours_name] / throughput[name]:.2f}",
+                f"{statistics.median(m['cpu'][name]) / n * 1e6:,.0f} µs",
+                f"{max(m['connections'][name])} for {WARM_UP + n:,} requests",
+            ]
+        )
+    result.tables.append(
+        Table(
+            ["client", "requests/s (median)", "ours / this", "CPU per request",
+             "connections opened (most)"],
+            rows,
+            f"{rounds} round(s); each timed run follows a {WARM_UP}-request warm-up of the same "
+            "client; one event loop, one instance per client",
+        )
+    )
+    peer = f"{c.LC_OPENAI}, abatch"
+    if peer in throughput:
+        r = throughput[ours_name] / throughput[peer]
+        result.targets.append(Target("Throughput at least ChatOpenAI's (abatch)", f"{r:.2f}x", r >= 1.0))
+    else:
+        result.targets.append(
+            Target("Throughput at least ChatOpenAI's (abatch)", "-", None, "peer not installed")
+        )
+    opened = max(m["connections"][ours_name] + m["connections"][OURS_GATHER])
+    result.targets.append(
+        Target(
+            f"One connection pool per model instance, no client per call "
+            f"(<= {CONNECTIONS_LIMIT} connections per run)",
+            f"at most {opened} connections per {WARM_UP + n:,} requests",
+            opened <= CONNECTIONS_LIMIT,
+        )
+    )
+    rss = m["ours_rss"]
+    growth = rss[-1] - rss[0]
+    result.targets.append(
+        Target(
+            "Memory flat over the run",
+            f"{m['retained'] / 1024:,.0f} KiB left by a {TRACED}-request run (tracemalloc); "
+            f"RSS {growth / 2**20:+.1f} MiB over all measured runs",
+            m["retained"] <= RETAINED_LIMIT,
+        )
+    )
+    result.bars.append(
+        Bars(
+            f"Concurrency: requests per second ({IN_FLIGHT} in flight)",
+            "requests/s (median)",
+            {name: throughput[name] for name, _, _, _, _ in rows},
+            m["kinds"],
+        )
+    )
+    result.notes += [
+        "Connections opened per warm-up + timed run: a pool opens about one per request in "
+        "flight (again after idle ones expire between runs), a client made per call one per "
+        "request (ChatNVIDIA opens an aiohttp session per call).",
+        "Every httpx-based client here (the raw SDK, ChatOpenAI, ours) spends most of its CPU "
+        "in httpcore's connection pool, whose bookkeeping grows with the connections in it "
+        "(encode/httpcore#1035; fixed in httpx2, which openai 3.x uses).",
+    ]
+    result.raw = {
+        "throughput": throughput,
+        "connections": m["connections"],
+        "rss": rss,
+        "retained_bytes": m["retained"],
+    }
+    result.seconds = time.perf_counter() - started
+    return result
