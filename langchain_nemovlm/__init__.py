@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from langchain_nemovlm._convert import media_block
 from langchain_nemovlm.chat_models import ChatNemoVLM
 
 if TYPE_CHECKING:
     from langchain_nemovlm.fal import ChatNemoFal
 
-__all__ = ["ChatNemoFal", "ChatNemoVLM"]
+__all__ = ["ChatNemoFal", "ChatNemoVLM", "media_block"]
 
 
 def __getattr__(name: str) -> Any:

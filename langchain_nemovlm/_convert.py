@@ -9,6 +9,7 @@ blocks, v0 and v1). Out: ``_process_reply`` and ``_process_delta`` build the
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,13 +27,12 @@ from langchain_core.messages import (
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.messages.tool import ToolCallChunk as LCToolCallChunk
 from langchain_core.messages.tool import invalid_tool_call, tool_call
-from nemovlm.media import MediaPolicy, media_from_base64, media_from_string
 
 from nemovlm.errors import UnsupportedInputError
+from nemovlm.media import MediaPolicy, media_from_base64, media_from_string, read_media_file
 from nemovlm.messages import (
     Delta,
     MediaKind,
-    MediaPart,
     Part,
     Reply,
     Role,
@@ -116,8 +116,6 @@ _SKIPPED = {"reasoning", "thinking", "tool_call", "tool_use", "invalid_tool_call
 def _map_content_block(block: Any, policy: MediaPolicy) -> Part | None:
     if isinstance(block, str):
         return TextPart(block)
-    if isinstance(block, Path):
-        return MediaPart("image", path=block)
     if not isinstance(block, dict):
         raise UnsupportedInputError(
             f"Content block of type {type(block).__name__} is not supported."
@@ -158,6 +156,19 @@ def _map_standard_block(block: dict[str, Any], kind: MediaKind, policy: MediaPol
     raise UnsupportedInputError(
         f"A standard {kind} block needs 'url', or 'base64' with 'mime_type'."
     )
+
+
+def media_block(path: str | Path) -> dict[str, Any]:
+    """A standard LangChain ``image`` / ``video`` block for a local file you choose to send.
+
+    Message content cannot carry a path, and a path string inside content is refused
+    (content may come from a tool or a web page); this helper is the explicit way::
+
+        HumanMessage(content=[{"type": "text", "text": "What is this?"},
+                              media_block("chart.png")])
+    """
+    data, mime, kind = read_media_file(path)
+    return {"type": kind, "base64": base64.b64encode(data).decode(), "mime_type": mime}
 
 
 # --- out ---------------------------------------------------------------------------

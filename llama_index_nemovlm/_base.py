@@ -34,7 +34,7 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.multi_modal_llms import MultiModalLLM, MultiModalLLMMetadata
 from llama_index.core.schema import ImageDocument, ImageNode
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, field_serializer
 
 from llama_index_nemovlm._convert import (
     _map_image_document,
@@ -66,8 +66,15 @@ class _Backend(Protocol):
 
 
 class _NemoSettings(BaseModel):
-    _backend_kind: ClassVar[Backend] = "nim"
     """Fields every class here has, NIM or fal, chat or multi-modal."""
+
+    _backend_kind: ClassVar[Backend] = "nim"
+
+    @field_serializer("api_key", check_fields=False)
+    def _never_the_key(self, value: SecretStr | None) -> None:
+        # Keys are never serialised (to_dict, to_json): a model rebuilt from a dump
+        # reads its key from the environment, as it would when made without one.
+        return None
 
     model: str = Field(description="Model id, e.g. nvidia/nemotron-nano-12b-v2-vl.")
     temperature: float | None = None

@@ -292,6 +292,26 @@ def _format_from_url(url: str) -> str | None:
     return _EXTENSIONS.get(suffix)
 
 
+def read_media_file(path: str | Path) -> tuple[bytes, str, MediaKind]:
+    """A local image or video the caller chose to send: its bytes, MIME type and kind.
+
+    For adapters whose message format cannot carry a path (LangChain content blocks);
+    the call itself is the caller's intent, so no allow-list applies.
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UnsupportedInputError(f"No such file to send: {file}.")
+    data = file.read_bytes()
+    fmt = sniff_format(data)
+    mime = mime_type_for(fmt) if fmt else None
+    if fmt is None or mime is None or fmt not in IMAGE_FORMATS | VIDEO_FORMATS:
+        raise UnsupportedInputError(
+            f"{file} is not an image or video this package recognises (images: "
+            f"{', '.join(sorted(IMAGE_FORMATS))}; video: {', '.join(sorted(VIDEO_FORMATS))})."
+        )
+    return data, mime, "image" if fmt in IMAGE_FORMATS else "video"
+
+
 def to_data_url(data: bytes, mime_type: str) -> str:
     """``data:<mime_type>;base64,<data>``."""
     return f"data:{mime_type};base64,{base64.b64encode(data).decode('ascii')}"

@@ -557,3 +557,35 @@ def test_a_broken_stream_raises_instead_of_ending_quietly(nim_url: str) -> None:
 def test_an_empty_message_list_is_refused(llm: ChatNemoVLM) -> None:
     with pytest.raises(UnsupportedInputError, match="empty"):
         llm.invoke([])
+
+
+# --- local files ----------------------------------------------------------------------
+
+
+def test_media_block_sends_a_local_file_the_caller_chose(
+    llm: ChatNemoVLM, wire: WireLog, tmp_path: Any
+) -> None:
+    from langchain_nemovlm import media_block
+
+    (tmp_path / "chart.png").write_bytes(PNG)
+    msg = llm.invoke(ask("what?", media_block(tmp_path / "chart.png")))
+    assert wire.last()["messages"][-1]["content"][1]["image_url"]["url"] == PNG_URL
+    assert "png 64x48" in msg.content
+
+
+def test_media_block_of_a_video_file_becomes_a_video_url_part(
+    llm: ChatNemoVLM, wire: WireLog, tmp_path: Any
+) -> None:
+    from langchain_nemovlm import media_block
+
+    (tmp_path / "clip.mp4").write_bytes(MP4)
+    llm.invoke(ask("what happens?", media_block(str(tmp_path / "clip.mp4"))))
+    assert part_types(wire.last()) == ["text", "video_url"]
+
+
+def test_media_block_of_a_file_that_is_not_media_is_refused(tmp_path: Any) -> None:
+    from langchain_nemovlm import media_block
+
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(UnsupportedInputError, match="not an image or video"):
+        media_block(tmp_path / "notes.txt")
