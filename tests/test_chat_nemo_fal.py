@@ -348,3 +348,15 @@ def test_an_unknown_fal_app_gets_a_fal_profile_with_prompted_tools() -> None:
 def test_a_timeout_of_one_second_or_less_is_a_clear_error() -> None:
     with pytest.raises(UnsupportedInputError, match="more than 1 s"):
         chat(DIFFUSION, timeout=1).invoke(about_image())
+
+
+def test_each_event_loop_gets_its_own_client_and_closed_loops_are_let_go(
+    diffusion: ChatNemoFal,
+) -> None:
+    import asyncio
+
+    for _ in range(3):
+        answer = asyncio.run(diffusion.ainvoke(about_image("loop")))
+        assert "loop" in answer.content
+    # Only the last (now closed) loop's client may remain until the next lookup.
+    assert len(diffusion.backend._aclients) <= 1  # type: ignore[attr-defined]

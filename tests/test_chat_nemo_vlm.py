@@ -589,3 +589,13 @@ def test_media_block_of_a_file_that_is_not_media_is_refused(tmp_path: Any) -> No
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(UnsupportedInputError, match="not an image or video"):
         media_block(tmp_path / "notes.txt")
+
+
+def test_each_event_loop_gets_its_own_client_and_closed_loops_are_let_go(
+    llm: ChatNemoVLM,
+) -> None:
+    import asyncio
+
+    for i in range(3):
+        assert asyncio.run(llm.ainvoke(f"loop {i}")).content.endswith(f"loop {i}")
+    assert len(llm.backend._aclients) <= 1  # type: ignore[attr-defined]

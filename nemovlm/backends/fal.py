@@ -28,7 +28,6 @@ import inspect
 import logging
 import math
 import os
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -40,6 +39,7 @@ import fal_client
 import httpx
 from pydantic import SecretStr
 
+from nemovlm.backends._loops import PerLoop
 from nemovlm.errors import (
     IncompleteResponseError,
     MissingCredentialsError,
@@ -285,8 +285,8 @@ class FalBackend:
     upload_threshold_bytes: int = UPLOAD_THRESHOLD_BYTES
     policy: MediaPolicy = field(default_factory=MediaPolicy)
     _client: fal_client.SyncClient | None = field(default=None, init=False, repr=False)
-    _aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, fal_client.AsyncClient] = field(
-        default_factory=weakref.WeakKeyDictionary, init=False, repr=False
+    _aclients: PerLoop[fal_client.AsyncClient] = field(
+        default_factory=PerLoop, init=False, repr=False
     )
 
     def __post_init__(self) -> None:
@@ -314,23 +314,15 @@ class FalBackend:
     def async_client(self) -> fal_client.AsyncClient:
         """The async client of the running event loop: its connections belong to the
         loop, so a model used from several loops (``asyncio.run`` twice) gets one each."""
-        loop = asyncio.get_running_loop()
-        client = self._aclients.get(loop)
-        if client is None:
-            client = fal_client.AsyncClient(key=self.api_key.get_secret_value())
-            self._aclients[loop] = client
-        return client
+        return self._aclients.get(
+            lambda: fal_client.AsyncClient(key=self.api_key.get_secret_value())
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         # Clients hold sockets and locks: a pickled backend rebuilds them where it lands.
         state = self.__dict__.copy()
         state["_client"] = None
-        del state["_aclients"]
         return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._aclients = weakref.WeakKeyDictionary()
 
     # --- calls ------------------------------------------------------------------
 

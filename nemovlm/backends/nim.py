@@ -18,12 +18,10 @@ SSE parsing and error types are still the SDK's.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import importlib
 import json
 import os
-import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import SecretStr
 
+from nemovlm.backends._loops import PerLoop
 from nemovlm.errors import (
     IncompleteResponseError,
     MissingCredentialsError,
@@ -102,9 +101,7 @@ class NIMBackend:
     async_http_client: Any = None
     policy: MediaPolicy = field(default_factory=MediaPolicy)
     _client: openai.OpenAI | None = field(default=None, init=False, repr=False)
-    _aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, openai.AsyncOpenAI] = field(
-        default_factory=weakref.WeakKeyDictionary, init=False, repr=False
-    )
+    _aclients: PerLoop[openai.AsyncOpenAI] = field(default_factory=PerLoop, init=False, repr=False)
     _aclient_own: openai.AsyncOpenAI | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -155,31 +152,19 @@ class NIMBackend:
                     **self._client_kwargs(), http_client=self.async_http_client
                 )
             return self._aclient_own
-        loop = asyncio.get_running_loop()
-        # A client holds its loop through its connections, so weak keys alone never
-        # let go: drop the clients of loops that have closed.
-        for done in [old for old in self._aclients if old.is_closed()]:
-            del self._aclients[done]
-        client = self._aclients.get(loop)
-        if client is None:
-            # The SDK's default wrapper would try to close a dropped client on the
-            # *current* loop; its plain default client just lets go.
-            client = openai.AsyncOpenAI(
+        # The SDK's default wrapper would try to close a dropped client on the
+        # *current* loop; its plain default client just lets go.
+        return self._aclients.get(
+            lambda: openai.AsyncOpenAI(
                 **self._client_kwargs(), http_client=openai.DefaultAsyncHttpxClient()
             )
-            self._aclients[loop] = client
-        return client
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         # Clients hold sockets and locks: a pickled backend rebuilds them where it lands.
         state = self.__dict__.copy()
         state.update(_client=None, _aclient_own=None, http_client=None, async_http_client=None)
-        del state["_aclients"]  # weak dicts do not pickle
         return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._aclients = weakref.WeakKeyDictionary()
 
     # --- calls ------------------------------------------------------------------
 
