@@ -36,7 +36,10 @@ MODEL_IDS = (
     "google/diffusiongemma-26b-a4b-it",
 )
 _MODELS = json.dumps(
-    {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "nvidia"} for m in MODEL_IDS]}
+    {
+        "object": "list",
+        "data": [{"id": m, "object": "model", "owned_by": "nvidia"} for m in MODEL_IDS],
+    }
 ).encode()
 
 

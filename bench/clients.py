@@ -68,9 +68,8 @@ def data_url(image: bytes, mime: str = "image/png") -> str:
 
 
 def langchain_models(base_url: str, **ours: Any) -> dict[str, Entry]:
-    from langchain_nemovlm import ChatNemoVLM
-
     from bench.minimal_langchain import MinimalChatModel
+    from langchain_nemovlm import ChatNemoVLM
 
     models = {
         LC_OURS: Entry("ours", ChatNemoVLM(model=MODEL, base_url=base_url, **ours)),
@@ -80,7 +79,8 @@ def langchain_models(base_url: str, **ours: Any) -> dict[str, Entry]:
         from langchain_openai import ChatOpenAI
 
         models[LC_OPENAI] = Entry(
-            "peer", ChatOpenAI(model=MODEL, base_url=base_url, api_key="not-used")  # type: ignore[arg-type]
+            "peer",
+            ChatOpenAI(model=MODEL, base_url=base_url, api_key="not-used"),  # type: ignore[arg-type]
         )
     if _importable("langchain_nvidia_ai_endpoints"):
         with warnings.catch_warnings():
@@ -110,9 +110,8 @@ def langchain_input(image: bytes, mime: str = "image/png") -> list[Any]:
 
 
 def llama_index_models(base_url: str) -> dict[str, Entry]:
-    from llama_index_nemovlm import NemoVLM
-
     from bench.minimal_llama_index import MinimalLlamaLLM
+    from llama_index_nemovlm import NemoVLM
 
     models = {
         LI_OURS: Entry("ours", NemoVLM(model=MODEL, base_url=base_url)),

@@ -22,7 +22,7 @@ from pydantic import PrivateAttr
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
 
 
-def _map_messages(messages: list[BaseMessage]) -> list[dict[str, Any]]:
+def _map_messages(messages: list[BaseMessage]) -> Any:
     return [{"role": _ROLES.get(m.type, m.type), "content": m.content} for m in messages]
 
 
@@ -79,7 +79,8 @@ class MinimalChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         completion = self.client.chat.completions.create(
-            model=self.model, messages=_map_messages(messages)  # type: ignore[arg-type]
+            model=self.model,
+            messages=_map_messages(messages),
         )
         return self._result(completion)
 
@@ -91,7 +92,8 @@ class MinimalChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         completion = await self.aclient.chat.completions.create(
-            model=self.model, messages=_map_messages(messages)  # type: ignore[arg-type]
+            model=self.model,
+            messages=_map_messages(messages),
         )
         return self._result(completion)
 
@@ -104,7 +106,7 @@ class MinimalChatModel(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         stream = self.client.chat.completions.create(
             model=self.model,
-            messages=_map_messages(messages),  # type: ignore[arg-type]
+            messages=_map_messages(messages),
             stream=True,
             stream_options={"include_usage": True},
         )
@@ -124,7 +126,7 @@ class MinimalChatModel(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         stream = await self.aclient.chat.completions.create(
             model=self.model,
-            messages=_map_messages(messages),  # type: ignore[arg-type]
+            messages=_map_messages(messages),
             stream=True,
             stream_options={"include_usage": True},
         )

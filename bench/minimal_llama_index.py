@@ -29,7 +29,7 @@ from llama_index.core.llms.llm import LLM
 from pydantic import PrivateAttr
 
 
-def _map_message(message: ChatMessage) -> dict[str, Any]:
+def _map_message(message: ChatMessage) -> Any:
     parts: list[dict[str, Any]] = []
     for block in message.blocks:
         if isinstance(block, TextBlock):
@@ -84,22 +84,24 @@ class MinimalLlamaLLM(LLM):
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         completion = self.client.chat.completions.create(
-            model=self.model, messages=[_map_message(m) for m in messages]  # type: ignore[misc]
+            model=self.model,
+            messages=[_map_message(m) for m in messages],
         )
         return self._response(completion)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         completion = await self.aclient.chat.completions.create(
-            model=self.model, messages=[_map_message(m) for m in messages]  # type: ignore[misc]
+            model=self.model,
+            messages=[_map_message(m) for m in messages],
         )
         return self._response(completion)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        stream = self.client.chat.completions.create(
+        stream: Any = self.client.chat.completions.create(
             model=self.model,
-            messages=[_map_message(m) for m in messages],  # type: ignore[misc]
+            messages=[_map_message(m) for m in messages],
             stream=True,
         )
 

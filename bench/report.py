@@ -101,7 +101,7 @@ def versions() -> dict[str, str]:
 
 def machine() -> str:
     try:
-        load = "load average %.1f %.1f %.1f" % os.getloadavg()
+        load = "load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
     except OSError:
         load = "load unknown"
     return f"Python {platform.python_version()}, {os.cpu_count()} CPUs, {load}"
@@ -176,7 +176,8 @@ def plot(results: list[ScenarioResult], path: Path) -> bool:
         ax.tick_params(labelsize=8)
         top = max(values) if values else 0
         for y, value in enumerate(values):
-            ax.text(value + top * 0.01, y, f"{value:,.3g}", va="center", fontsize=7)
+            label = f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+            ax.text(value + top * 0.01, y, label, va="center", fontsize=7)
         ax.set_xlim(0, top * 1.18 if top else 1)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")

@@ -77,13 +77,22 @@ def write_results(results: list[ScenarioResult], out: Path, settings: str) -> li
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("scenarios", nargs="*", choices=[[], *SCENARIOS], default=[],
-                        metavar="SCENARIO", help=f"any of {', '.join(SCENARIOS)} (default: all)")  # fmt: skip
+    parser.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO",
+        help=f"any of {', '.join(SCENARIOS)} (default: all)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of interleaved calls")
     parser.add_argument("--quick", action="store_true", help="tiny run: checks the harness")
     parser.add_argument("--allow-missing", action="store_true", help="run without the peers")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args(argv)
+    unknown = [name for name in args.scenarios if name not in SCENARIOS]
+    if unknown:
+        parser.error(
+            f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}"
+        )
     names = list(args.scenarios) or list(SCENARIOS)
 
     missing = missing_peers()

@@ -1,7 +1,7 @@
 """Scenario 7: fal queue - from result-ready to answer-returned, and status requests per call.
 
 Against the fal emulator (in this process, so it shares the clock): each request is
-made to run for a random 0.2-0.4 s (the emulator's ``slow`` fault with
+made to run for 0.2-0.4 s, spread evenly (the emulator's ``slow`` fault with
 ``slow_seconds`` set per call), so the moment its result is ready falls anywhere
 between two status polls. Ready = when the runner picked it up + its run time;
 returned = when ``invoke`` / ``ainvoke`` came back. Status requests are counted by the
@@ -21,10 +21,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from nemovlm.samples import make_image
-
 from bench.config import Config
 from bench.report import Bars, ScenarioResult, Table, Target
+from nemovlm.samples import make_image
 
 APP = "fal-ai/nemotron-diffusion-vlm"
 LATENCY_LIMIT = 0.100
@@ -39,7 +38,7 @@ def run(config: Config) -> ScenarioResult:
     from nemovlm.emulator.fal import FalEmulatorSettings, use_fal_emulator
 
     started = time.perf_counter()
-    calls = config.scaled(10, 2)
+    calls = config.scaled(16, 2)
     with use_fal_emulator(settings=FalEmulatorSettings(slow_seconds=0.3)) as emulator:
         samples = _measure(emulator, calls)
 
@@ -86,8 +85,10 @@ def run(config: Config) -> ScenarioResult:
         Bars(
             "fal queue: result ready -> answer returned",
             "ms (median)",
-            {name: statistics.median(s["latency"] for s in got) * 1e3
-             for name, got in samples.items()},  # fmt: skip
+            {
+                name: statistics.median(s["latency"] for s in got) * 1e3
+                for name, got in samples.items()
+            },  # fmt: skip
             {RAW: "floor", OURS_SYNC: "ours", OURS_ASYNC: "ours"},
         )
     )
@@ -103,6 +104,7 @@ def run(config: Config) -> ScenarioResult:
 def _measure(emulator: Any, calls: int) -> dict[str, list[dict[str, Any]]]:
     import fal_client
     from langchain_core.messages import HumanMessage
+
     from langchain_nemovlm import ChatNemoFal
 
     image = "data:image/png;base64," + base64.b64encode(make_image(64, 48, text="hi")).decode()
@@ -116,29 +118,47 @@ def _measure(emulator: Any, calls: int) -> dict[str, list[dict[str, Any]]]:
         )
     ]
     llm = ChatNemoFal(model=APP, api_key="bench", poll_interval=POLL_INTERVAL, max_tokens=64)
+    loop = asyncio.new_event_loop()
     raw_client = fal_client.SyncClient(key="bench")
     arguments = {"prompt": prompt, "image_url": image, "max_tokens": 64}
     runs: dict[str, Callable[[], object]] = {
-        RAW: lambda: raw_client.subscribe(
-            APP, arguments, with_logs=True, interval=POLL_INTERVAL
-        ),
+        RAW: lambda: raw_client.subscribe(APP, arguments, with_logs=True, interval=POLL_INTERVAL),
         OURS_SYNC: lambda: llm.invoke(message),
-        OURS_ASYNC: lambda: asyncio.run(llm.ainvoke(message)),
+        # One event loop for every async call, as an application has.
+        OURS_ASYNC: lambda: loop.run_until_complete(llm.ainvoke(message)),
     }
     rng = random.Random(7)
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
-    for name, call in runs.items():  # warm-up: TLS handshakes, imports
+    try:
+        _interleave(emulator, runs, samples, calls, rng)
+    finally:
+        loop.close()
+    return samples
+
+
+def _interleave(
+    emulator: Any,
+    runs: dict[str, Callable[[], object]],
+    samples: dict[str, list[dict[str, Any]]],
+    calls: int,
+    rng: random.Random,
+) -> None:
+    for call in runs.values():  # warm-up: TLS handshakes, imports
         call()
-    for _ in range(calls):
+    # Run times spread evenly over 0.2-0.4 s (over two poll intervals), in a shuffled
+    # order per client, so every client meets the poll grid at every phase.
+    spread = [0.2 + 0.2 * (i + 0.5) / calls for i in range(calls)]
+    plans = {name: rng.sample(spread, calls) for name in runs}
+    for i in range(calls):
         order = list(runs)
         rng.shuffle(order)
         for name in order:
-            run_time = rng.uniform(0.2, 0.4)
+            run_time = plans[name][i]
             emulator.state.settings = replace(emulator.state.settings, slow_seconds=run_time)
             emulator.inject_fault("slow")
             known = set(emulator.state.requests)
             t0 = time.monotonic()
-            call()
+            runs[name]()
             returned = time.monotonic()
             (record,) = [r for k, r in emulator.state.requests.items() if k not in known]
             ready = record.started_at + run_time
@@ -150,4 +170,3 @@ def _measure(emulator: Any, calls: int) -> dict[str, list[dict[str, Any]]]:
                     "run_time": run_time,
                 }
             )
-    return samples

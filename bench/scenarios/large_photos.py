@@ -21,14 +21,13 @@ from typing import Any
 
 from PIL import Image
 
-from nemovlm.media import clear_cache
-from nemovlm.profiles import get_profile
-from nemovlm.samples import make_photo
-
 from bench import clients as c
 from bench.config import Config
 from bench.report import Bars, ScenarioResult, Table, Target
 from bench.wire import CountedEmulator, counted_nim_emulator
+from nemovlm.media import clear_cache
+from nemovlm.profiles import get_profile
+from nemovlm.samples import make_photo
 
 BYTES_FACTOR = 4.0
 USER_BUDGET = 1_000_000
@@ -126,10 +125,16 @@ def run(config: Config) -> ScenarioResult:
         Bars(
             "Large photo: request body bytes",
             "MB on the wire",
-            {label: rows[key]["body"] / 1e6 for key, label in (
-                ("naive", "naive base64 of the file"), ("ChatOpenAI", c.LC_OPENAI),
-                ("ours", c.LC_OURS), ("ours_budget", "ours, 1 MP budget"))
-             if key in rows},  # fmt: skip
+            {
+                label: rows[key]["body"] / 1e6
+                for key, label in (
+                    ("naive", "naive base64 of the file"),
+                    ("ChatOpenAI", c.LC_OPENAI),
+                    ("ours", c.LC_OURS),
+                    ("ours_budget", "ours, 1 MP budget"),
+                )
+                if key in rows
+            },  # fmt: skip
             {"naive base64 of the file": "floor", c.LC_OURS: "ours", "ours, 1 MP budget": "ours"},
         )
     )
@@ -149,6 +154,7 @@ def _measure(
     config: Config, emulator: CountedEmulator, folder: Path, photo: Path, small: Path
 ) -> dict[str, dict[str, Any]]:
     from langchain_core.messages import HumanMessage
+
     from langchain_nemovlm import ChatNemoVLM
 
     base_url = emulator.url + "/v1"
@@ -163,14 +169,13 @@ def _measure(
     def ours(**fields: Any) -> ChatNemoVLM:
         return ChatNemoVLM(model=c.MODEL, base_url=base_url, allowed_media_dirs=[folder], **fields)
 
+    default, off, budget = ours(), ours(downscale_images=False), ours(max_image_pixels=USER_BUDGET)
     runs: dict[str, tuple[Any, bytes]] = {
         "naive": (c.raw_call(base_url, naive_messages), file_data),
-        "ours": (lambda m=ours(): m.invoke(local(photo)), file_data),
-        "ours_off": (lambda m=ours(downscale_images=False): m.invoke(local(photo)), file_data),
-        "ours_budget": (
-            lambda m=ours(max_image_pixels=USER_BUDGET): m.invoke(local(photo)), file_data
-        ),
-        "small": (lambda m=ours(): m.invoke(local(small)), small.read_bytes()),
+        "ours": (lambda: default.invoke(local(photo)), file_data),
+        "ours_off": (lambda: off.invoke(local(photo)), file_data),
+        "ours_budget": (lambda: budget.invoke(local(photo)), file_data),
+        "small": (lambda: default.invoke(local(small)), small.read_bytes()),
     }
     lc_openai = c.langchain_models(base_url).get(c.LC_OPENAI)
     if lc_openai is not None:

@@ -12,12 +12,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from nemovlm.samples import make_image
-
 from bench import clients as c
 from bench.config import Config
 from bench.report import Bars, ScenarioResult, Table, Target
 from bench.timing import interleave, median, us
+from nemovlm.samples import make_image
 
 LIMIT_VS_MINIMAL = 1.10
 
@@ -90,9 +89,7 @@ def run(config: Config) -> ScenarioResult:
                 )
                 continue
             r = medians[ours] / medians[peer]
-            result.targets.append(
-                Target(f"{framework}: ours below {peer}", f"{r:.2f}x", r < 1.0)
-            )
+            result.targets.append(Target(f"{framework}: ours below {peer}", f"{r:.2f}x", r < 1.0))
         result.bars.append(
             Bars(
                 f"{framework}: client CPU time per call (canned server)",

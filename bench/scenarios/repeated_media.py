@@ -10,6 +10,7 @@ against the canned server.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import tempfile
 import time
@@ -17,13 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nemovlm.media import cache_info, clear_cache, set_cache_limits
-from nemovlm.samples import make_photo
-
 from bench import clients as c
 from bench.config import Config
 from bench.report import Bars, ScenarioResult, Table, Target
 from bench.timing import ms
+from nemovlm.media import cache_info, clear_cache, set_cache_limits
+from nemovlm.samples import make_photo
 
 TURNS = 10
 
@@ -71,6 +71,7 @@ def run(config: Config) -> ScenarioResult:
         photo = Path(tmp) / "photo.jpg"
         photo.write_bytes(image)
         from langchain_core.messages import HumanMessage
+
         from langchain_nemovlm import ChatNemoVLM
 
         from_disk = ChatNemoVLM(model=c.MODEL, base_url=base_url, allowed_media_dirs=[tmp])
@@ -83,9 +84,12 @@ def run(config: Config) -> ScenarioResult:
             )
         ]
         cases: list[tuple[str, str, Callable[[], object], int]] = [
-            (f"one call, the image in {turns} turns", "turns", lambda: ours.invoke(conversation), 1),
-            (f"{calls} calls, image bytes (base64)", "calls_bytes", lambda: ours.invoke(single), calls),
-            (f"{calls} calls, image file on disk", "calls_disk", lambda: from_disk.invoke(disk_message), calls),
+            (f"one call, the image in {turns} turns", "turns",
+             lambda: ours.invoke(conversation), 1),
+            (f"{calls} calls, image bytes (base64)", "calls_bytes",
+             lambda: ours.invoke(single), calls),
+            (f"{calls} calls, image file on disk", "calls_disk",
+             lambda: from_disk.invoke(disk_message), calls),
         ]  # fmt: skip
         try:
             for label, key, call, times in cases:
@@ -146,9 +150,9 @@ def run(config: Config) -> ScenarioResult:
     for name in (c.LC_OURS, c.LC_MINIMAL, c.LC_OPENAI):
         if name not in models:
             continue
-        model = models[name].model
-        _, one = _cpu(lambda m=model: m.invoke(single), repeat)
-        _, many = _cpu(lambda m=model: m.invoke(conversation), repeat)
+        invoke = models[name].model.invoke
+        _, one = _cpu(functools.partial(invoke, single), repeat)
+        _, many = _cpu(functools.partial(invoke, conversation), repeat)
         per_turn[name] = (many - one) / (turns - 1)
     result.tables.append(
         Table(
@@ -161,8 +165,10 @@ def run(config: Config) -> ScenarioResult:
         Bars(
             f"Repeated media: CPU time for one call with the image in {turns} turns",
             "ms",
-            {"cache on (ours)": raw["turns_cached"]["cpu_s"] * 1e3,
-             "cache off": raw["turns_uncached"]["cpu_s"] * 1e3},  # fmt: skip
+            {
+                "cache on (ours)": raw["turns_cached"]["cpu_s"] * 1e3,
+                "cache off": raw["turns_uncached"]["cpu_s"] * 1e3,
+            },  # fmt: skip
             {"cache on (ours)": "ours"},
         )
     )
