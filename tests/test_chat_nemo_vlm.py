@@ -599,3 +599,14 @@ def test_each_event_loop_gets_its_own_client_and_closed_loops_are_let_go(
     for i in range(3):
         assert asyncio.run(llm.ainvoke(f"loop {i}")).content.endswith(f"loop {i}")
     assert len(llm.backend._aclients) <= 1  # type: ignore[attr-defined]
+
+
+def test_a_stream_stopped_early_releases_its_connection(nim_url: str) -> None:
+    llm = model(NANO12, nim_url, default_headers={"X-Emulator-Chunk-Size": "1"})
+    for _ in range(30):  # more than the pool would hold if each stream kept its socket
+        stream = llm.stream("a long enough question to stream many chunks")
+        next(iter(stream))
+        stream.close()  # type: ignore[attr-defined]
+    pool = llm.backend.client._client._transport._pool  # type: ignore[attr-defined]
+    assert all(not c.is_closed() and c.is_idle() for c in pool.connections)
+    assert llm.invoke("after").content.endswith("after")

@@ -190,8 +190,12 @@ class NIMBackend:
             chunks = self.client.post(
                 _PATH, body=request, cast_to=object, stream=True, stream_cls=_stream_classes()[0]
             )
-            for chunk in chunks:
-                yield state.feed(_process_chunk(chunk, self.profile.model), prepared.processor)
+            try:
+                for chunk in chunks:
+                    yield state.feed(_process_chunk(chunk, self.profile.model), prepared.processor)
+            finally:
+                # A consumer that stops early must not leave the connection half-read.
+                chunks.close()
         yield state.finish(prepared.processor, self.profile.model)
 
     async def astream(self, turns: Sequence[Turn], options: RequestOptions) -> AsyncIterator[Delta]:
@@ -202,8 +206,11 @@ class NIMBackend:
             achunks = await self.async_client.post(
                 _PATH, body=request, cast_to=object, stream=True, stream_cls=_stream_classes()[1]
             )
-            async for chunk in achunks:
-                yield state.feed(_process_chunk(chunk, self.profile.model), prepared.processor)
+            try:
+                async for chunk in achunks:
+                    yield state.feed(_process_chunk(chunk, self.profile.model), prepared.processor)
+            finally:
+                await achunks.close()
         yield state.finish(prepared.processor, self.profile.model)
 
     def _process_whole(self, completion: Any, prepared: PreparedConversation) -> Reply:
