@@ -63,7 +63,7 @@ def _map_message(message: BaseMessage, policy: MediaPolicy) -> Turn:
             ToolCall(c.get("id") or f"call_{i}", c["name"], dict(c.get("args") or {}))
             for i, c in enumerate(message.tool_calls)
         ]
-        return Turn("assistant", _map_text_only(message.content), tool_calls=calls)
+        return Turn("assistant", _map_content(message.content, policy), tool_calls=calls)
     if isinstance(message, ToolMessage):
         return Turn(
             "tool",
@@ -72,7 +72,7 @@ def _map_message(message: BaseMessage, policy: MediaPolicy) -> Turn:
             name=message.name,
         )
     if isinstance(message, SystemMessage):
-        return Turn("system", _map_text_only(message.content))
+        return Turn("system", _map_content(message.content, policy))
     if isinstance(message, HumanMessage):
         return Turn("user", _map_content(message.content, policy))
     if isinstance(message, ChatMessage):
@@ -85,18 +85,6 @@ def _map_message(message: BaseMessage, policy: MediaPolicy) -> Turn:
     raise UnsupportedInputError(
         f"{type(message).__name__} is not supported; send System/Human/AI/Tool messages."
     )
-
-
-def _map_text_only(content: str | list[Any]) -> list[Part]:
-    if isinstance(content, str):
-        return [TextPart(content)] if content else []
-    texts = []
-    for block in content:
-        if isinstance(block, str):
-            texts.append(block)
-        elif isinstance(block, dict) and block.get("type") == "text":
-            texts.append(str(block.get("text", "")))
-    return [TextPart("".join(texts))] if texts else []
 
 
 def _map_content(content: str | list[Any], policy: MediaPolicy) -> list[Part]:
@@ -244,10 +232,12 @@ def _process_delta(delta: Delta, response_metadata: dict[str, Any] | None = None
             )
         )
     for j, bad in enumerate(delta.invalid_tool_calls):
+        # LangChain re-reads joined chunks with a lenient partial-JSON parser; quoting
+        # the raw text makes it a JSON string, which it keeps as an invalid call.
         chunks.append(
             LCToolCallChunk(
                 name=bad.name,
-                args=bad.arguments,
+                args=json.dumps(bad.arguments or ""),
                 id=bad.id,
                 index=base + 500 + j,
                 type="tool_call_chunk",

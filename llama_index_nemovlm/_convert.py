@@ -90,13 +90,6 @@ def _map_message(message: ChatMessage, policy: MediaPolicy) -> Turn:
             f"Unknown message role {role_name!r}; use one of {sorted(_ROLES)}."
         )
     parts = _map_blocks(message.blocks, policy)
-    if role in ("system", "assistant"):
-        media = [p for p in parts if isinstance(p, MediaPart)]
-        if media:
-            raise UnsupportedInputError(
-                f"A {role} message cannot carry {media[0].describe()}: put images and "
-                "videos in a user message (or a tool result)."
-            )
     if role == "assistant":
         return Turn("assistant", parts, tool_calls=_map_tool_calls(message))
     if role == "tool":

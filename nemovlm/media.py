@@ -298,7 +298,10 @@ def read_media_file(path: str | Path) -> tuple[bytes, str, MediaKind]:
     For adapters whose message format cannot carry a path (LangChain content blocks);
     the call itself is the caller's intent, so no allow-list applies.
     """
-    file = Path(path).expanduser()
+    try:
+        file = Path(path).expanduser()
+    except RuntimeError as exc:  # "~user" with no such user
+        raise UnsupportedInputError(f"Cannot find the file {path}: {exc}") from exc
     if not file.is_file():
         raise UnsupportedInputError(f"No such file to send: {file}.")
     data = file.read_bytes()
@@ -435,10 +438,10 @@ def _allowed_path(text: str, scheme: str | None, kind: MediaKind, policy: MediaP
             )
         candidate = Path(url2pathname(parts.path))
     else:
-        candidate = Path(text).expanduser()
+        candidate = Path(text)
     try:
-        resolved = candidate.resolve()
-    except (OSError, ValueError) as exc:  # e.g. an embedded NUL, a symlink loop
+        resolved = candidate.expanduser().resolve()
+    except (OSError, ValueError, RuntimeError) as exc:  # NUL, symlink loop, "~nobody"
         raise UnsupportedInputError(
             f"The {kind} {_shorten(text)!r} is not a usable path ({exc})."
         ) from exc

@@ -87,6 +87,10 @@ def build_options(
         if key in _FIELDS:
             if value is not None:
                 values[key] = value
+        elif key == "response_format" and value is not None:
+            # Frameworks (LangChain's create_agent) pass OpenAI's response_format; the
+            # core decides per model between response_format and the prompt protocol.
+            values["json_schema"] = _json_schema_from_response_format(value)
         elif key not in _DROPPED:
             wire[key] = value
     if "tools" in values:
@@ -100,6 +104,19 @@ def build_options(
     if stop:
         values["stop"] = tuple(stop)
     return RequestOptions(**values, extra=wire)
+
+
+def _json_schema_from_response_format(value: Any) -> Mapping[str, Any]:
+    kind = value.get("type") if isinstance(value, Mapping) else None
+    if kind == "json_schema" and isinstance(value.get("json_schema"), Mapping):
+        return value["json_schema"]
+    if kind == "json_object":
+        return {"name": "json_object", "schema": {"type": "object"}}
+    raise UnsupportedInputError(
+        f"response_format={value!r} is not understood: pass "
+        '{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}} '
+        'or {"type": "json_object"}.'
+    )
 
 
 def check_options(options: RequestOptions, profile: ModelProfile, *, stream: bool) -> None:

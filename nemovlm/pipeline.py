@@ -15,6 +15,7 @@ prompt-protocol tool call until it can be parsed, and ``finish`` releases the re
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -98,6 +99,12 @@ def prepare(
     if not turns:
         raise UnsupportedInputError("The message list is empty: pass at least one message.")
     check_options(options, profile, stream=stream)
+    for turn in turns:
+        if turn.role in ("system", "assistant") and turn.media:
+            raise UnsupportedInputError(
+                f"A {turn.role} message cannot carry {turn.media[0].describe()}: put images "
+                "and videos in a user message (or a tool result)."
+            )
     policy = policy or MediaPolicy()
     work = list(turns)
 
@@ -128,7 +135,7 @@ def prepare(
         tools=options.tools,
         prompt_tools=prompt_tools and options.tool_choice != "none",
         prompt_json=json_mode == "prompt",
-        expect_reasoning=reasoning_enabled(options, profile) and options.include_reasoning,
+        expect_reasoning=reasoning_enabled(options, profile, turns) and options.include_reasoning,
     )
     hints = [m.fps for t in work for m in t.media if m.kind == "video" and m.fps]
     return PreparedConversation(
@@ -139,6 +146,26 @@ def prepare(
         processor=processor,
         video_fps_hint=hints[0] if hints else None,
     )
+
+
+async def aprepare(
+    turns: Sequence[Turn],
+    options: RequestOptions,
+    profile: ModelProfile,
+    policy: MediaPolicy | None = None,
+    *,
+    stream: bool = False,
+) -> PreparedConversation:
+    """``prepare`` for async callers: media that must be decoded, read or fetched is
+    prepared in a worker thread, so one large photo does not stall the event loop."""
+    if any(_needs_work(p) for t in turns for p in t.parts if isinstance(p, MediaPart)):
+        return await asyncio.to_thread(prepare, turns, options, profile, policy, stream=stream)
+    return prepare(turns, options, profile, policy, stream=stream)
+
+
+def _needs_work(part: MediaPart) -> bool:
+    # An http(s) URL usually passes through untouched; bytes, files and data URLs do not.
+    return part.url is None or part.url.startswith("data:") or not part.url.startswith("http")
 
 
 def _map_tool_media(turns: list[Turn], profile: ModelProfile) -> list[Turn]:

@@ -14,6 +14,8 @@ stream chunks never leaks, and each character is scanned a bounded number of tim
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,11 +29,18 @@ CLOSE_TAG = "</think>"
 THINK_DIRECTIVE = "/think"
 
 
-def reasoning_enabled(options: RequestOptions, profile: ModelProfile) -> bool:
-    """Whether the model is expected to reason on this request."""
+def reasoning_enabled(
+    options: RequestOptions, profile: ModelProfile, turns: Sequence[Turn] = ()
+) -> bool:
+    """Whether the model is expected to reason on this request: as asked, else as the
+    user's own system prompt switches it (``/think``), else the model's default."""
     if not profile.can_reason:
         return False
-    return profile.reasoning_default if options.reasoning is None else options.reasoning
+    if options.reasoning is not None:
+        return options.reasoning
+    if profile.reasoning == "system_think" and _has_directive(turns, THINK_DIRECTIVE):
+        return True
+    return profile.reasoning_default
 
 
 def _map_reasoning(
@@ -41,16 +50,21 @@ def _map_reasoning(
     params: dict[str, Any] = {}
     if not options.include_reasoning:
         params["include_reasoning"] = False
-    if options.reasoning is None or profile.reasoning is None:
+    if profile.reasoning is None:
         return turns, params
-    if options.reasoning and has_video and not profile.reasoning_with_video:
+    wanted = reasoning_enabled(options, profile, turns)
+    if wanted and has_video and not profile.reasoning_with_video:
         raise UnsupportedInputError(
-            f"{profile.model} does not reason over video input: drop reasoning=True for "
-            "requests that carry a video, or send images instead."
+            f"{profile.model} does not reason over video input: drop reasoning=True (or "
+            "/think in the system prompt) for requests that carry a video, or send images."
         )
+    if options.reasoning is None:
+        return turns, params
     if profile.reasoning == "system_think":
         if options.reasoning:
             turns = _with_system_directive(turns, THINK_DIRECTIVE)
+        else:
+            turns = _without_system_directive(turns, THINK_DIRECTIVE)
     elif profile.reasoning == "chat_template_thinking":
         if not options.reasoning:
             params["chat_template_kwargs"] = {"thinking": False}
@@ -69,6 +83,25 @@ def _with_system_directive(turns: list[Turn], directive: str) -> list[Turn]:
             parts = [TextPart(text)] + [p for p in turn.parts if not isinstance(p, TextPart)]
             return [*turns[:i], Turn("system", parts), *turns[i + 1 :]]
     return [Turn("system", [TextPart(directive)]), *turns]
+
+
+def _has_directive(turns: Sequence[Turn], directive: str) -> bool:
+    return any(t.role == "system" and directive in t.text.split() for t in turns)
+
+
+def _without_system_directive(turns: list[Turn], directive: str) -> list[Turn]:
+    """Remove ``directive`` from system messages (``reasoning=False`` wins over a
+    ``/think`` left in a prompt template)."""
+    if not _has_directive(turns, directive):
+        return turns
+    out = []
+    for turn in turns:
+        if turn.role == "system" and directive in turn.text.split():
+            text = re.sub(rf"(?<!\S){re.escape(directive)}(?!\S)", "", turn.text).strip()
+            parts = [TextPart(text)] if text else []
+            turn = Turn("system", parts + [p for p in turn.parts if not isinstance(p, TextPart)])
+        out.append(turn)
+    return [t for t in out if t.role != "system" or t.parts]
 
 
 def _partial_suffix(text: str, tag: str) -> int:

@@ -610,3 +610,44 @@ def test_a_stream_stopped_early_releases_its_connection(nim_url: str) -> None:
     pool = llm.backend.client._client._transport._pool  # type: ignore[attr-defined]
     assert all(not c.is_closed() and c.is_idle() for c in pool.connections)
     assert llm.invoke("after").content.endswith("after")
+
+
+def test_a_users_own_think_streams_its_reasoning_apart_from_the_answer(nim_url: str) -> None:
+    llm = model(NANO12, nim_url, default_headers={"X-Emulator-Reasoning-Style": "closing_tag_only"})
+    messages = [SystemMessage("/think"), HumanMessage("hi")]
+    for msg in (llm.invoke(messages), collect(llm.stream(messages))):
+        assert msg.content.startswith("[nemovlm emulator]")
+        assert msg.additional_kwargs["reasoning_content"].startswith("Reasoning (emulated)")
+
+
+def test_an_unparseable_prompt_protocol_reply_stays_invalid_when_streamed(nim_url: str) -> None:
+    # max_tokens=8 cuts the emulator's JSON tool call off mid-way.
+    llm = model(LLAMA8, nim_url, max_tokens=8).bind_tools([get_weather])
+    for msg in (llm.invoke("Weather in Paris?"), collect(llm.stream("Weather in Paris?"))):
+        assert msg.tool_calls == [] and len(msg.invalid_tool_calls) == 1
+
+
+def test_a_response_format_argument_goes_the_models_own_way(nim_url: str, wire: WireLog) -> None:
+    schema = {"name": "Weather", "schema": Weather.model_json_schema()}
+    rf = {"type": "json_schema", "json_schema": schema}
+    model(NANO12, nim_url).invoke("Weather in Oslo", response_format=rf)
+    assert wire.last()["response_format"]["json_schema"]["name"] == "Weather"
+    msg = model(LLAMA8, nim_url).invoke("Weather in Oslo", response_format=rf)
+    assert "response_format" not in wire.last()  # the 8B NIM would ignore it
+    assert Weather.model_validate_json(msg.content).city
+
+
+def test_create_agent_with_a_response_format_works_on_a_prompted_model(nim_url: str) -> None:
+    agents = pytest.importorskip("langchain.agents")
+    agent = agents.create_agent(model(LLAMA8, nim_url), tools=[], response_format=Weather)
+    result = agent.invoke({"messages": [HumanMessage("Weather in Oslo")]})
+    assert isinstance(result["structured_response"], Weather)
+
+
+def test_an_image_in_a_system_message_is_refused_not_dropped(
+    llm: ChatNemoVLM, wire: WireLog
+) -> None:
+    system = SystemMessage(content=[{"type": "text", "text": "sys"}, image_part()])
+    with pytest.raises(UnsupportedInputError, match="system message cannot carry"):
+        llm.invoke([system, HumanMessage("hi")])
+    assert wire.bodies() == []

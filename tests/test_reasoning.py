@@ -133,3 +133,26 @@ def test_any_chunking_gives_the_same_split_as_the_whole(
     points = sorted({c for c in cuts if 0 < c < len(text)})
     pieces = [text[i:j] for i, j in zip([0, *points], [*points, len(text)])]
     assert split_all(pieces, expect=True) == whole
+
+
+def test_a_think_in_the_users_own_system_prompt_counts_as_reasoning_on() -> None:
+    from nemovlm.reasoning import reasoning_enabled
+
+    turns = [Turn("system", [TextPart("/think\nBe brief.")]), *USER]
+    assert reasoning_enabled(RequestOptions(), NANO12, turns) is True
+    assert reasoning_enabled(RequestOptions(), NANO12, USER) is False
+
+
+def test_reasoning_off_removes_a_think_left_in_the_system_prompt() -> None:
+    turns = [Turn("system", [TextPart("/think\nBe brief.")]), *USER]
+    out, _ = _map_reasoning(turns, RequestOptions(reasoning=False), NANO12, has_video=False)
+    assert out[0].text == "Be brief."
+    alone = [Turn("system", [TextPart("/think")]), *USER]
+    out, _ = _map_reasoning(alone, RequestOptions(reasoning=False), NANO12, has_video=False)
+    assert [t.role for t in out] == ["user"]
+
+
+def test_a_users_think_with_video_is_refused_before_sending() -> None:
+    turns = [Turn("system", [TextPart("/think")]), *USER]
+    with pytest.raises(UnsupportedInputError, match="video"):
+        _map_reasoning(turns, RequestOptions(), NANO12, has_video=True)

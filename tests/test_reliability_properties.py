@@ -149,9 +149,10 @@ def test_any_chunking_of_a_reply_gives_the_same_reply_as_the_whole(
 
 
 def lone_closing_tag(text: str) -> bool:
-    """``</think>`` before any ``<think>``: reasoning without its opening tag."""
-    close = text.find("</think>")
-    return close >= 0 and "<think>" not in text.lstrip()[: close + 1]
+    """A ``</think>`` in a reply that does not open with ``<think>``: reasoning without
+    its opening tag (a ``<think>`` later in the text is not an opening: the model's
+    reasoning starts the reply)."""
+    return "</think>" in text and not text.lstrip().startswith("<think>")
 
 
 @pytest.mark.xfail(

@@ -23,7 +23,6 @@ routes it to callbacks).
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import math
@@ -51,7 +50,7 @@ from nemovlm.errors import (
 from nemovlm.media import MediaPolicy, PreparedMedia
 from nemovlm.messages import Delta, Reply, Turn, Usage
 from nemovlm.options import RequestOptions
-from nemovlm.pipeline import PreparedConversation, PreparedTurn, assemble_reply, prepare
+from nemovlm.pipeline import PreparedConversation, PreparedTurn, aprepare, assemble_reply, prepare
 from nemovlm.profiles import ModelProfile
 
 logger = logging.getLogger(__name__)
@@ -360,10 +359,7 @@ class FalBackend:
     async def _acomplete(
         self, turns: Sequence[Turn], options: RequestOptions, *, stream: bool
     ) -> Reply:
-        # Media preparation decodes images and reads video headers: off the event loop.
-        prepared = await asyncio.to_thread(
-            prepare, turns, options, self.profile, self.policy, stream=stream
-        )
+        prepared = await aprepare(turns, options, self.profile, self.policy, stream=stream)
         arguments, upload = self._map_arguments(prepared, options)
         tracker = _QueueTracker(self.profile.model, _PROGRESS.get())
         with _converted_errors(self.profile.model, self.timeout, tracker):

@@ -45,6 +45,7 @@ from nemovlm.pipeline import (
     PreparedConversation,
     PreparedTurn,
     ReplyProcessor,
+    aprepare,
     assemble_reply,
     prepare,
 )
@@ -176,7 +177,7 @@ class NIMBackend:
         return self._process_whole(completion, prepared)
 
     async def acomplete(self, turns: Sequence[Turn], options: RequestOptions) -> Reply:
-        prepared = prepare(turns, options, self.profile, self.policy)
+        prepared = await aprepare(turns, options, self.profile, self.policy)
         request = self._map_request(prepared, options, stream=False)
         with _converted_errors(self.profile.model, self.timeout):
             completion = await self.async_client.post(_PATH, body=request, cast_to=object)
@@ -199,7 +200,7 @@ class NIMBackend:
         yield state.finish(prepared.processor, self.profile.model)
 
     async def astream(self, turns: Sequence[Turn], options: RequestOptions) -> AsyncIterator[Delta]:
-        prepared = prepare(turns, options, self.profile, self.policy, stream=True)
+        prepared = await aprepare(turns, options, self.profile, self.policy, stream=True)
         request = self._map_request(prepared, options, stream=True)
         state = _StreamState()
         with _converted_errors(self.profile.model, self.timeout, state):
