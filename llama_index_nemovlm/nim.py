@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Any, Literal
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from llama_index_nemovlm._base import _NemoLLM, _NemoMultiModal
@@ -37,10 +36,11 @@ class _NimSettings(BaseModel):
     video_num_frames: int | None = None
     max_num_tiles: int | None = None
     default_headers: dict[str, str] | None = None
-    http_client: httpx.Client | None = Field(
+    http_client: Any = Field(
         default=None, exclude=True, description="A client of your own (proxies, TLS)."
     )
-    async_http_client: httpx.AsyncClient | None = Field(default=None, exclude=True)
+    # The client type follows the installed openai SDK (httpx; httpx2 with openai 3.x).
+    async_http_client: Any = Field(default=None, exclude=True)
 
 
 class NemoVLM(_NimSettings, _NemoLLM):

@@ -651,3 +651,16 @@ def test_an_image_in_a_system_message_is_refused_not_dropped(
     with pytest.raises(UnsupportedInputError, match="system message cannot carry"):
         llm.invoke([system, HumanMessage("hi")])
     assert wire.bodies() == []
+
+
+def test_image_from_a_tool_reaches_an_img_tag_model_as_a_tag(nim_url: str, wire: WireLog) -> None:
+    history = [
+        HumanMessage("Plot it"),
+        AIMessage("", tool_calls=[{"name": "plot", "args": {}, "id": "c1"}]),
+        ToolMessage(content=[{"type": "text", "text": "chart"}, image_part()], tool_call_id="c1"),
+    ]
+    model(LLAMA8, nim_url, image_transport="img_tag").invoke(history)
+    last = wire.last()["messages"][-1]
+    assert last["role"] == "user" and isinstance(last["content"], str)
+    assert last["content"].startswith(f'<img src="{PNG_URL}" />')
+    assert "<tool_result" in last["content"]

@@ -54,3 +54,30 @@ def test_entry_points_resolve_to_the_classes(group: str, name: str, target: str)
     assert entry.value == target
     loaded = entry.load()
     assert f"{loaded.__module__.split('.')[0]}:{loaded.__name__}" == target
+
+
+def test_the_built_wheel_carries_the_import_path_and_the_entry_points(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import zipfile
+
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(REPO)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    wheel = next(tmp_path.glob("nemovlm-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "llama_index/llms/nemovlm/__init__.py" in names
+    assert "llama_index/__init__.py" not in names and "llama_index/llms/__init__.py" not in names
+    assert {
+        "nemovlm/py.typed",
+        "langchain_nemovlm/py.typed",
+        "llama_index_nemovlm/py.typed",
+    } <= set(names)
+    meta = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(meta).decode()
+    assert "nemovlm = llama_index_nemovlm:NemoVLM" in text
+    assert "nemovlm = langchain_nemovlm:ChatNemoVLM" in text
+    assert "nemovlm = nemovlm.cli:main" in text
