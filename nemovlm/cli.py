@@ -15,7 +15,9 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-DIM, BOLD, RESET = "\033[2m", "\033[1m", "\033[0m"
+# Colour only on a terminal, and never with NO_COLOR set (no-color.org).
+_COLOUR = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+DIM, BOLD, RESET = ("\033[2m", "\033[1m", "\033[0m") if _COLOUR else ("", "", "")
 EMULATOR_FAL_KEY = "emulator-key"
 
 
@@ -130,7 +132,8 @@ def _run_emulator(args: argparse.Namespace) -> int:
         print(f"  export {name}={value}")
     print(f"  export FAL_KEY={EMULATOR_FAL_KEY}")
     print(
-        "\nfal uploads (media over 1 MB) also need, in the client process:\n"
+        "\nfal uploads (media over 1 MB): `nemovlm ask` follows these exports by itself; "
+        "in your own Python process call\n"
         f"  from nemovlm.emulator.fal import aim_fal_client; "
         f"aim_fal_client({fal.url!r}, {str(fal.ca_bundle)!r})\n"
     )
@@ -277,11 +280,13 @@ def _run_ask(args: argparse.Namespace) -> int:
     kwargs: dict[str, Any] = {"model": args.model}
     if args.reasoning is not None:
         kwargs["reasoning"] = args.reasoning
-    if args.max_tokens:
+    if args.max_tokens is not None:
         kwargs["max_tokens"] = args.max_tokens
     llm: Any
     if profile.backend == "fal":
         from langchain_nemovlm import ChatNemoFal
+
+        _aim_at_local_fal_emulator()
 
         llm = ChatNemoFal(**kwargs)
     else:
@@ -317,6 +322,17 @@ def _run_ask(args: argparse.Namespace) -> int:
         print(f"{DIM}[{usage.get('input_tokens', '?')} in / "
               f"{usage.get('output_tokens', '?')} out tokens{extra}]{RESET}")  # fmt: skip
     return 0
+
+
+def _aim_at_local_fal_emulator() -> None:
+    """After ``nemovlm emulator``'s exports, also send fal uploads there: fal-client's
+    upload host has no setting a shell could export."""
+    host = os.environ.get("FAL_QUEUE_RUN_HOST", "")
+    bundle = os.environ.get("SSL_CERT_FILE")
+    if bundle and host.split(":")[0] in ("127.0.0.1", "localhost", "[::1]"):
+        from nemovlm.emulator.fal import aim_fal_client
+
+        aim_fal_client(f"https://{host}", bundle)
 
 
 def _media_block(kind: str, value: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ images) live in ``nemovlm.pipeline``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -122,6 +123,10 @@ def _json_schema_from_response_format(value: Any) -> Mapping[str, Any]:
 def check_options(options: RequestOptions, profile: ModelProfile, *, stream: bool) -> None:
     """Refuse settings the model cannot take, before anything is sent."""
     model = profile.model
+    for name in ("temperature", "top_p", "video_fps"):
+        value = getattr(options, name)
+        if value is not None and not math.isfinite(value):
+            raise UnsupportedInputError(f"{name} must be a finite number (got {value}).")
     if options.video_fps is not None and options.video_num_frames is not None:
         raise UnsupportedInputError(
             "video_fps and video_num_frames are mutually exclusive: set only one of them."

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from nemovlm.errors import UnsupportedInputError
@@ -106,6 +106,10 @@ def prepare(
                 "and videos in a user message (or a tool result)."
             )
     policy = policy or MediaPolicy()
+    if options.max_num_tiles and profile.tile_size and policy.max_image_pixels is None:
+        # More tiles asked for: the model can use more pixels, so send them.
+        tiles = max(options.max_num_tiles, profile.max_tiles or 0)
+        policy = replace(policy, max_image_pixels=profile.tile_size**2 * tiles)
     work = list(turns)
 
     prompt_tools = profile.tools == "prompt" and bool(options.tools)

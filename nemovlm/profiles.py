@@ -2,7 +2,8 @@
 
 A profile is data. Mapping code asks the profile (``profile.images_first``), never
 ``if model == ...``. Every field documents its default and, for the five known
-models, the seed document it comes from (``shared/seeds/*.md``). Unknown model ids
+models, the seed document it comes from (the models' API pages; ``docs/DESIGN.md``
+summarises each one's wire contract). Unknown model ids
 get ``GENERIC``: plain OpenAI-compatible parts, no quirks, so a new NIM needs no
 release.
 """

@@ -472,9 +472,7 @@ def test_unparseable_streamed_arguments_do_not_raise(nim_url: str) -> None:
     assert streamed.tool_call_chunks[0]["args"] == '{"city": "Par'
 
 
-def test_llama_nano_vl_calls_tools_through_the_prompt_protocol(
-    nim_url: str, wire: WireLog
-) -> None:
+def test_llama_nano_vl_calls_tools_through_the_prompt_protocol(nim_url: str, wire: WireLog) -> None:
     msg = model(LLAMA8, nim_url).bind_tools([get_weather]).invoke("Weather in Paris?")
     body = wire.last()
     assert "tools" not in body and "<tools>" in body["messages"][0]["content"]
@@ -501,9 +499,7 @@ class Weather(BaseModel):
     temperature_c: float
 
 
-def test_structured_output_uses_response_format_on_nano12(
-    llm: ChatNemoVLM, wire: WireLog
-) -> None:
+def test_structured_output_uses_response_format_on_nano12(llm: ChatNemoVLM, wire: WireLog) -> None:
     result = llm.with_structured_output(Weather).invoke("Weather in Oslo as JSON")
     assert isinstance(result, Weather)
     assert wire.last()["response_format"]["type"] == "json_schema"
@@ -664,3 +660,18 @@ def test_image_from_a_tool_reaches_an_img_tag_model_as_a_tag(nim_url: str, wire:
     assert last["role"] == "user" and isinstance(last["content"], str)
     assert last["content"].startswith(f'<img src="{PNG_URL}" />')
     assert "<tool_result" in last["content"]
+
+
+def test_more_tiles_let_a_larger_image_through(llm: ChatNemoVLM) -> None:
+    big = "data:image/png;base64," + base64.b64encode(make_image(2500, 2000, "png")).decode()
+    default = llm.invoke(ask("what?", image_part(big)))
+    assert "png 2500x2000" not in default.content  # 12 tiles of 512px: downscaled
+    more = llm.invoke(ask("what?", image_part(big)), max_num_tiles=24)
+    assert "png 2500x2000" in more.content  # 24 tiles hold all of it
+
+
+@pytest.mark.parametrize("name", ["temperature", "top_p", "video_fps"])
+def test_a_number_that_is_not_finite_is_refused(llm: ChatNemoVLM, wire: WireLog, name: str) -> None:
+    with pytest.raises(UnsupportedInputError, match="finite"):
+        llm.invoke("hi", **{name: float("nan")})
+    assert wire.bodies() == []

@@ -250,6 +250,22 @@ def test_emulator_command_prints_what_a_fal_client_process_needs(
     assert fresh.stdout.startswith("[nemovlm emulator] fal-ai/nemotron-diffusion-vlm saw png")
 
 
+def test_ask_after_the_emulators_exports_uploads_a_large_video_to_it(
+    emulator_command: tuple[subprocess.Popen[str], dict[str, str]], tmp_path: Path
+) -> None:
+    _, exports = emulator_command
+    clip = tmp_path / "big.mp4"
+    # Over fal's 1 MB inline limit, so it must go up through the (emulated) CDN.
+    clip.write_bytes(make_mp4(duration_s=10.0, width=640, height=360, fps=30.0) + b"\0" * 1_200_000)
+    done = subprocess.run(
+        [sys.executable, "-m", "nemovlm.cli", "ask", "nvidia/nemotron-3-nano-omni/video",
+         "--video", str(clip), "What happens?"],
+        env={**os.environ, **exports}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "nvidia/nemotron-3-nano-omni/video saw mp4 640x360" in done.stdout
+
+
 def test_emulator_command_stops_cleanly_on_ctrl_c(
     emulator_command: tuple[subprocess.Popen[str], dict[str, str]],
 ) -> None:

@@ -58,7 +58,10 @@ class RunningServer:
         deadline = time.monotonic() + timeout
         while not server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"The emulator could not start on {self.host}:{self.port}.")
+                raise RuntimeError(
+                    f"The emulator could not start on {self.host}:{self.port}: is the port "
+                    "in use? Pick another one (0 lets the system choose)."
+                )
             time.sleep(0.01)
         # With port 0 the OS picked one: read it back from the bound socket.
         sockets = [s for srv in server.servers for s in srv.sockets]
