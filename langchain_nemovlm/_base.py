@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput, ModelProfile
@@ -30,22 +30,14 @@ from langchain_nemovlm._convert import (
     _process_reply,
     _response_metadata,
 )
+from nemovlm.backends import ChatBackend
 from nemovlm.errors import UnsupportedInputError
-from nemovlm.media import MediaPolicy
-from nemovlm.messages import Delta, Reply, ToolSpec, Turn
+from nemovlm.media import MediaPolicy, media_policy
+from nemovlm.messages import Delta, ToolSpec, Turn
 from nemovlm.options import RequestOptions, build_options, option_settings
 from nemovlm.profiles import Backend, get_profile
 from nemovlm.profiles import ModelProfile as NemoProfile
 from nemovlm.tools import normalize_tool_choice
-
-
-class _Backend(Protocol):
-    profile: NemoProfile
-
-    def complete(self, turns: Sequence[Turn], options: RequestOptions) -> Reply: ...
-    async def acomplete(self, turns: Sequence[Turn], options: RequestOptions) -> Reply: ...
-    def stream(self, turns: Sequence[Turn], options: RequestOptions) -> Iterator[Delta]: ...
-    def astream(self, turns: Sequence[Turn], options: RequestOptions) -> AsyncIterator[Delta]: ...
 
 
 class _NemoChatModel(BaseChatModel):
@@ -86,11 +78,11 @@ class _NemoChatModel(BaseChatModel):
 
     # --- backend ----------------------------------------------------------------
 
-    def _make_backend(self) -> _Backend:
+    def _make_backend(self) -> ChatBackend:
         raise NotImplementedError
 
     @property
-    def backend(self) -> _Backend:
+    def backend(self) -> ChatBackend:
         if self._backend is None:
             self._backend = self._make_backend()
         return self._backend
@@ -101,11 +93,7 @@ class _NemoChatModel(BaseChatModel):
         return get_profile(self.model, self.profile_overrides, backend=self._backend_kind)
 
     def _media_policy(self) -> MediaPolicy:
-        return MediaPolicy(
-            allowed_dirs=tuple(Path(p) for p in self.allowed_media_dirs),
-            downscale=self.downscale_images,
-            max_image_pixels=self.max_image_pixels,
-        )
+        return media_policy(self)
 
     def _resolve_model_profile(self) -> ModelProfile | None:
         p = self.nemo_profile

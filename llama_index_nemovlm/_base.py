@@ -10,10 +10,10 @@ document goes through the same mapping as an ``ImageBlock``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -45,8 +45,9 @@ from llama_index_nemovlm._convert import (
     _process_tool_selections,
     _StreamState,
 )
-from nemovlm.media import MediaPolicy
-from nemovlm.messages import Delta, Reply, TextPart, Turn
+from nemovlm.backends import ChatBackend
+from nemovlm.media import MediaPolicy, media_policy
+from nemovlm.messages import TextPart, Turn
 from nemovlm.options import RequestOptions, build_options, option_settings
 from nemovlm.profiles import Backend, ModelProfile, get_profile
 
@@ -54,15 +55,6 @@ if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
 
 ImageDocuments = Sequence[ImageNode | ImageDocument | ImageBlock]
-
-
-class _Backend(Protocol):
-    profile: ModelProfile
-
-    def complete(self, turns: Sequence[Turn], options: RequestOptions) -> Reply: ...
-    async def acomplete(self, turns: Sequence[Turn], options: RequestOptions) -> Reply: ...
-    def stream(self, turns: Sequence[Turn], options: RequestOptions) -> Iterator[Delta]: ...
-    def astream(self, turns: Sequence[Turn], options: RequestOptions) -> AsyncIterator[Delta]: ...
 
 
 class _NemoSettings(BaseModel):
@@ -118,11 +110,7 @@ class _NemoSettings(BaseModel):
         return get_profile(self.model, self.profile_overrides, backend=self._backend_kind)
 
     def _media_policy(self) -> MediaPolicy:
-        return MediaPolicy(
-            allowed_dirs=tuple(Path(p) for p in self.allowed_media_dirs),
-            downscale=self.downscale_images,
-            max_image_pixels=self.max_image_pixels,
-        )
+        return media_policy(self)
 
 
 class _NemoLLM(_NemoSettings, FunctionCallingLLM):
@@ -132,11 +120,11 @@ class _NemoLLM(_NemoSettings, FunctionCallingLLM):
 
     # --- backend ----------------------------------------------------------------
 
-    def _make_backend(self) -> _Backend:
+    def _make_backend(self) -> ChatBackend:
         raise NotImplementedError
 
     @property
-    def backend(self) -> _Backend:
+    def backend(self) -> ChatBackend:
         """The core backend, made on first use (and again after unpickling)."""
         if self._backend is None:
             self._backend = self._make_backend()

@@ -90,6 +90,16 @@ class MediaPolicy:
     """Seconds allowed for fetching such media."""
 
 
+def media_policy(source: object) -> MediaPolicy:
+    """The policy a model object's fields ask for (``allowed_media_dirs``,
+    ``downscale_images``, ``max_image_pixels``), as both adapters name them."""
+    return MediaPolicy(
+        allowed_dirs=tuple(Path(p) for p in getattr(source, "allowed_media_dirs", ())),
+        downscale=getattr(source, "downscale_images", True),
+        max_image_pixels=getattr(source, "max_image_pixels", None),
+    )
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """What ``read_video_info`` measured; width/height are as displayed (rotation applied)."""
