@@ -1,0 +1,98 @@
+"""Images and video on their way to a model: where they come from, what they really
+are, and whether (and in what shape) the model can take them.
+
+Input flow:
+  ``media_from_string``  a string found inside message content -> ``MediaPart``
+                         (http(s) kept as a URL; ``data:`` URLs validated; local paths
+                         only from ``MediaPolicy.allowed_dirs``)
+  ``media_from_base64``  base64 from a framework block -> ``MediaPart(data=...)``
+  ``prepare_media``      ``MediaPart`` + ``ModelProfile`` + ``MediaPolicy`` -> ``PreparedMedia``
+    images: ``_prepare_image`` -> cache lookup -> ``_process_image_bytes``
+            (``sniff_format``, decode, convert to ``profile.convert_images_to``,
+            downscale to the pixel budget); an http(s) URL is fetched (``_fetch``)
+            only when its extension names a format the model does not take
+    video:  ``_prepare_video`` (``sniff_format``, ``read_video_info``, duration and
+            resolution limits); a local file stays on disk
+  ``PreparedMedia.as_url``  what a backend puts on the wire
+
+Helpers: ``sniff_format`` (magic bytes, never the declared type), ``read_video_info``
+(MP4 boxes, no ffmpeg), ``to_data_url``, and the prepared-image cache
+(``cache_info``, ``clear_cache``, ``set_cache_limits``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from nemovlm.media.cache import MediaCacheInfo, cache_info, clear_cache, set_cache_limits
+from nemovlm.media.formats import IMAGE_FORMATS, VIDEO_FORMATS, mime_type_for, sniff_format
+from nemovlm.media.images import _prepare_image
+from nemovlm.media.mp4 import VideoInfo, read_video_info
+from nemovlm.media.prepared import PreparedMedia
+from nemovlm.media.sources import (
+    MediaPolicy,
+    media_from_base64,
+    media_from_string,
+    media_policy,
+    read_media_file,
+    to_data_url,
+)
+from nemovlm.media.video import _prepare_video
+from nemovlm.messages import MediaPart
+from nemovlm.profiles import ModelProfile
+
+__all__ = [
+    "IMAGE_FORMATS",
+    "VIDEO_FORMATS",
+    "MediaCacheInfo",
+    "MediaPolicy",
+    "PreparedMedia",
+    "VideoInfo",
+    "aprepare_media",
+    "cache_info",
+    "clear_cache",
+    "media_from_base64",
+    "media_from_string",
+    "media_policy",
+    "mime_type_for",
+    "prepare_media",
+    "read_media_file",
+    "read_video_info",
+    "set_cache_limits",
+    "sniff_format",
+    "to_data_url",
+]
+
+
+_DEFAULT_POLICY = MediaPolicy()
+
+
+def prepare_media(
+    part: MediaPart,
+    profile: ModelProfile,
+    policy: MediaPolicy = _DEFAULT_POLICY,
+    *,
+    http_client: httpx.Client | None = None,
+) -> PreparedMedia:
+    """Check ``part`` against what ``profile`` accepts and shape it for the wire.
+
+    ``http_client`` is used when an image URL must be fetched for conversion (proxies,
+    custom TLS); by default a short-lived client is made. Raises
+    ``UnsupportedInputError`` naming the part and what to change.
+    """
+    if part.kind == "image":
+        return _prepare_image(part, profile, policy, http_client)
+    return _prepare_video(part, profile)
+
+
+async def aprepare_media(
+    part: MediaPart,
+    profile: ModelProfile,
+    policy: MediaPolicy = _DEFAULT_POLICY,
+    *,
+    http_client: httpx.Client | None = None,
+) -> PreparedMedia:
+    """``prepare_media`` in a worker thread, so decoding never blocks the event loop."""
+    return await asyncio.to_thread(prepare_media, part, profile, policy, http_client=http_client)

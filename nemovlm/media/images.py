@@ -1,0 +1,273 @@
+"""Images checked against a model and shaped for it: ``_prepare_image`` (cache
+lookup; an http(s) URL kept, or fetched only when its extension names a format the
+model does not take) -> ``_process_image_bytes`` (sniff, decode, convert to
+``profile.convert_images_to``, downscale to the pixel budget)."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import httpx
+from PIL import Image, ImageOps
+
+from nemovlm.errors import UnsupportedInputError
+from nemovlm.media.cache import _CACHE, _digest
+from nemovlm.media.formats import (
+    _MIME,
+    IMAGE_FORMATS,
+    _format_from_url,
+    _normalize_format,
+    _normalize_formats,
+    sniff_format,
+)
+from nemovlm.media.prepared import PreparedMedia, _model_label, _refuse_kind
+from nemovlm.media.sources import (
+    MediaPolicy,
+    _checked_data_url,
+    _fetch,
+    _parse_data_url,
+    _read_file,
+    _refuse_url_scheme,
+    _scheme_of,
+    _stat_file,
+)
+from nemovlm.messages import MediaPart
+from nemovlm.profiles import ModelProfile
+
+# Formats Pillow can write, by our name.
+_PIL_WRITERS = {
+    "jpeg": "JPEG",
+    "png": "PNG",
+    "gif": "GIF",
+    "webp": "WEBP",
+    "bmp": "BMP",
+    "tiff": "TIFF",
+    "avif": "AVIF",
+}
+
+
+def _prepare_image(
+    part: MediaPart,
+    profile: ModelProfile,
+    policy: MediaPolicy,
+    http_client: httpx.Client | None,
+) -> PreparedMedia:
+    if not profile.accepts_images:
+        raise _refuse_kind(part, profile)
+    formats = _normalize_formats(profile.image_formats)
+    target = _normalize_format(profile.convert_images_to) if profile.convert_images_to else None
+    budget = (policy.max_image_pixels or profile.max_image_pixels) if policy.downscale else None
+    settings = (formats, target, budget)
+
+    def process(data: bytes) -> PreparedMedia:
+        return _process_image_bytes(data, part, profile, formats, target, budget)
+
+    if part.url is not None:
+        scheme = _scheme_of(part.url)
+        if scheme in ("http", "https"):
+            url_format = _format_from_url(part.url)
+            if formats is None or url_format is None or url_format in formats:
+                return PreparedMedia(
+                    kind="image",
+                    url=part.url,
+                    data=None,
+                    path=None,
+                    mime_type=_MIME.get(url_format) if url_format else None,
+                    format=url_format,
+                )
+            # The extension says the model cannot take it: fetch, sniff and convert.
+            fetched = _fetch(part.url, policy, http_client, part)
+            return _CACHE.get_or_make((_digest(fetched), settings), lambda: process(fetched))
+        if scheme != "data":
+            raise _refuse_url_scheme(part)
+        _, key, decoded = _checked_data_url(part.url, part.describe())
+
+        def from_url() -> PreparedMedia:
+            assert part.url is not None
+            data = decoded if decoded is not None else _parse_data_url(part.url, part.describe())[1]
+            return process(data)
+
+        return _CACHE.get_or_make((key, settings), from_url)
+    if part.data is not None:
+        data = part.data
+        return _CACHE.get_or_make((_digest(data), settings), lambda: process(data))
+    assert part.path is not None
+    path = part.path.expanduser().resolve()
+    st = _stat_file(path, part)
+    # Same path with the same mtime and size: reuse without reading the file again.
+    key = (("file", str(path), st.st_mtime_ns, st.st_size), settings)
+    return _CACHE.get_or_make(key, lambda: process(_read_file(path, part)))
+
+
+def _process_image_bytes(
+    data: bytes,
+    part: MediaPart,
+    profile: ModelProfile,
+    formats: frozenset[str] | None,
+    target: str | None,
+    budget: int | None,
+) -> PreparedMedia:
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise UnsupportedInputError(
+            f"The {part.describe()} is not in an image format this package recognises "
+            "(JPEG, PNG, GIF, WebP, BMP, TIFF, AVIF, HEIC); it may be corrupt or not an image."
+        )
+    if fmt not in IMAGE_FORMATS:
+        raise UnsupportedInputError(
+            f"The {part.describe()} holds {fmt} data, not an image; send a video as a video part."
+        )
+    needs_conversion = formats is not None and fmt not in formats
+    if needs_conversion and target is None:
+        raise UnsupportedInputError(
+            f"{_model_label(profile)} accepts images as {', '.join(sorted(formats or ()))}; "
+            f"the {part.describe()} is {fmt}. Convert it to one of those first "
+            "(or set the profile's convert_images_to to let nemovlm convert it)."
+        )
+    if needs_conversion and target not in _PIL_WRITERS:
+        raise UnsupportedInputError(
+            f"The profile asks to convert images to '{target}', which nemovlm cannot write; "
+            f"use one of {', '.join(sorted(_PIL_WRITERS))} in convert_images_to."
+        )
+    _CACHE.count_decode()
+    image = _open_image(data, fmt, part)
+    width, height = image.size
+    # EXIF orientations 5-8 turn the picture a quarter: it shows as height x width.
+    try:
+        # Reading EXIF (kept after the pixels in a PNG) or counting frames (TIFF) can
+        # decode a broken file, so corruption may show here already.
+        turned = image.getexif().get(0x0112) in (5, 6, 7, 8)
+        # Camera JPEGs (MPO) carry extra pictures as "frames", but they are stills.
+        animated = getattr(image, "n_frames", 1) > 1 and fmt != "jpeg"
+    except Exception as exc:  # Pillow's plugins raise many types on malformed input.
+        raise UnsupportedInputError(
+            f"The {part.describe()} cannot be decoded ({exc}); it may be corrupt or truncated."
+        ) from exc
+    untouched = PreparedMedia(
+        kind="image",
+        url=None,
+        data=data,
+        path=None,
+        mime_type=_MIME[fmt],
+        format=fmt,
+        width=height if turned else width,
+        height=width if turned else height,
+    )
+    # A downscaled animation would lose its frames; an accepted one goes as it is.
+    too_big = budget is not None and width * height > budget and not animated
+    if not needs_conversion and (not too_big or fmt not in _PIL_WRITERS):
+        # Decoding at 1/8 scale still reads every byte, so corruption shows, cheaply.
+        _decode(image, part, draft_to=(max(1, width // 8), max(1, height // 8)))
+        return untouched
+    out_format = target if needs_conversion and target else fmt
+    if too_big and budget is not None:
+        _decode(image, part, draft_to=_fit(width, height, budget))
+    else:
+        _decode(image, part)
+    source_mode = image.mode
+    converted = ImageOps.exif_transpose(image)
+    if too_big and budget is not None:
+        converted = _to_encodable_mode(converted, out_format, for_resize=True)
+        converted = converted.resize(
+            _fit(converted.width, converted.height, budget), Image.Resampling.LANCZOS
+        )
+    converted = _to_encodable_mode(converted, out_format)
+    # An ICC profile only describes the pixels while the colour mode is unchanged.
+    icc = image.info.get("icc_profile") if converted.mode == source_mode else None
+    encoded = _encode(converted, out_format, icc)
+    if not needs_conversion and len(encoded) >= len(data):
+        # Re-encoding did not pay off: the original bytes are kept untouched.
+        return untouched
+    return PreparedMedia(
+        kind="image",
+        url=None,
+        data=encoded,
+        path=None,
+        mime_type=_MIME[out_format],
+        format=out_format,
+        width=converted.width,
+        height=converted.height,
+    )
+
+
+def _open_image(data: bytes, fmt: str, part: MediaPart) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise UnsupportedInputError(
+            f"The {part.describe()} has too many pixels to decode safely ({exc}); "
+            "resize it before sending."
+        ) from exc
+    except Exception as exc:  # Pillow's plugins raise many types on malformed input.
+        raise UnsupportedInputError(
+            f"The {part.describe()} looks like {fmt} but cannot be decoded ({exc}); "
+            "it may be corrupt or truncated."
+        ) from exc
+
+
+def _decode(image: Image.Image, part: MediaPart, draft_to: tuple[int, int] | None = None) -> None:
+    """Decode the pixels (first frame), so corrupt data fails here and not at the server."""
+    try:
+        if draft_to is not None and image.format in ("JPEG", "MPO"):
+            # JPEG can decode straight at 1/2, 1/4 or 1/8 scale, never below draft_to.
+            image.draft(image.mode, draft_to)
+        image.load()
+    except Exception as exc:  # Pillow's decoders raise many types on malformed input.
+        raise UnsupportedInputError(
+            f"The {part.describe()} cannot be decoded ({exc}); it may be corrupt or truncated."
+        ) from exc
+
+
+def _fit(width: int, height: int, budget: int) -> tuple[int, int]:
+    """The largest size with the same aspect ratio and at most ``budget`` pixels."""
+    scale = math.sqrt(budget / (width * height))
+    new_w, new_h = max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+    # Guards against float rounding only; floor() already keeps within the budget.
+    while new_w * new_h > budget and max(new_w, new_h) > 1:
+        if new_w >= new_h:
+            new_w -= 1
+        else:
+            new_h -= 1
+    return new_w, new_h
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+
+
+def _to_encodable_mode(image: Image.Image, fmt: str, for_resize: bool = False) -> Image.Image:
+    if image.mode.startswith("I;16"):
+        # 16-bit grey: keep the top 8 bits, where a plain convert would clip to white.
+        image = image.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+    alpha = _has_alpha(image)
+    if fmt == "jpeg":
+        if image.mode in ("L", "RGB"):
+            return image
+        if alpha:
+            # JPEG has no alpha: flatten onto white, as viewers show transparency.
+            rgba = image.convert("RGBA")
+            flat = Image.new("RGB", rgba.size, (255, 255, 255))
+            flat.paste(rgba, mask=rgba.getchannel("A"))
+            return flat
+        return image.convert("RGB")
+    # LANCZOS needs continuous tones; PNG and GIF can also store palette images.
+    keep: tuple[str, ...] = ("L", "RGB", "RGBA")
+    if not for_resize and fmt in ("png", "gif"):
+        keep = ("1", "L", "P", "RGB", "RGBA")
+    if image.mode in keep:
+        return image
+    return image.convert("RGBA" if alpha else "RGB")
+
+
+def _encode(image: Image.Image, fmt: str, icc: bytes | None) -> bytes:
+    buffer = io.BytesIO()
+    options: dict[str, object] = {}
+    if fmt in ("jpeg", "webp", "avif"):
+        options["quality"] = 90
+    if icc and fmt in ("jpeg", "png", "webp", "tiff", "avif"):
+        options["icc_profile"] = icc
+    image.save(buffer, _PIL_WRITERS[fmt], **options)
+    return buffer.getvalue()
