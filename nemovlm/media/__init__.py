@@ -1,23 +1,27 @@
 """Images and video on their way to a model: where they come from, what they really
 are, and whether (and in what shape) the model can take them.
 
-Input flow:
+Input flow (module in brackets):
   ``media_from_string``  a string found inside message content -> ``MediaPart``
                          (http(s) kept as a URL; ``data:`` URLs validated; local paths
-                         only from ``MediaPolicy.allowed_dirs``)
-  ``media_from_base64``  base64 from a framework block -> ``MediaPart(data=...)``
+                         only from ``MediaPolicy.allowed_dirs``)              [sources]
+  ``media_from_base64``  base64 from a framework block -> ``MediaPart(data=...)`` [sources]
+  ``read_media_file``    a file the caller chose to send -> bytes, MIME type, kind [sources]
   ``prepare_media``      ``MediaPart`` + ``ModelProfile`` + ``MediaPolicy`` -> ``PreparedMedia``
-    images: ``_prepare_image`` -> cache lookup -> ``_process_image_bytes``
-            (``sniff_format``, decode, convert to ``profile.convert_images_to``,
-            downscale to the pixel budget); an http(s) URL is fetched (``_fetch``)
-            only when its extension names a format the model does not take
-    video:  ``_prepare_video`` (``sniff_format``, ``read_video_info``, duration and
-            resolution limits); a local file stays on disk
-  ``PreparedMedia.as_url``  what a backend puts on the wire
+    images: ``prepare_image`` [images] -> cache lookup [cache] -> ``_process_image_bytes``
+            (``sniff_format`` [formats], decode, convert to ``profile.convert_images_to``,
+            downscale to the pixel budget); an http(s) URL is fetched (``fetch_remote``
+            [sources]) only when its extension names a format the model does not take
+    video:  ``prepare_video`` [video] (``sniff_format``, ``read_video_info`` [mp4],
+            duration and resolution limits); a local file stays on disk
+  ``PreparedMedia.as_url``  what a backend puts on the wire                [prepared]
 
-Helpers: ``sniff_format`` (magic bytes, never the declared type), ``read_video_info``
-(MP4 boxes, no ffmpeg), ``to_data_url``, and the prepared-image cache
-(``cache_info``, ``clear_cache``, ``set_cache_limits``).
+Modules: ``formats`` (magic bytes -> format name, MIME types), ``sources`` (where media
+may come from: data URLs, files and the directory allow-list, remote fetch), ``images``
+(conversion, downscaling), ``video`` (container, duration and resolution checks),
+``mp4`` (MP4/MOV boxes, no ffmpeg), ``cache`` (prepared images, data URLs seen),
+``prepared`` (``PreparedMedia`` and the refusals both kinds share). The names below in
+``__all__`` are the package's surface; the modules' other public names serve each other.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import httpx
 
 from nemovlm.media.cache import MediaCacheInfo, cache_info, clear_cache, set_cache_limits
 from nemovlm.media.formats import IMAGE_FORMATS, VIDEO_FORMATS, mime_type_for, sniff_format
-from nemovlm.media.images import _prepare_image
+from nemovlm.media.images import prepare_image
 from nemovlm.media.mp4 import VideoInfo, read_video_info
 from nemovlm.media.prepared import PreparedMedia
 from nemovlm.media.sources import (
@@ -39,7 +43,7 @@ from nemovlm.media.sources import (
     read_media_file,
     to_data_url,
 )
-from nemovlm.media.video import _prepare_video
+from nemovlm.media.video import prepare_video
 from nemovlm.messages import MediaPart
 from nemovlm.profiles import ModelProfile
 
@@ -83,8 +87,8 @@ def prepare_media(
     ``UnsupportedInputError`` naming the part and what to change.
     """
     if part.kind == "image":
-        return _prepare_image(part, profile, policy, http_client)
-    return _prepare_video(part, profile)
+        return prepare_image(part, profile, policy, http_client)
+    return prepare_video(part, profile)
 
 
 async def aprepare_media(

@@ -26,7 +26,8 @@ class MediaCacheInfo:
     max_bytes: int
 
 
-def _digest(data: bytes) -> tuple[str, bytes, int]:
+def content_key(data: bytes) -> tuple[str, bytes, int]:
+    """The cache key of some bytes: their digest and length, never the bytes themselves."""
     return ("bytes", hashlib.blake2b(data, digest_size=20).digest(), len(data))
 
 
@@ -71,7 +72,7 @@ class _DataUrlMemo:
             self._chars = 0
 
 
-_DATA_URLS = _DataUrlMemo()
+DATA_URLS = _DataUrlMemo()
 
 
 class _ImageCache:
@@ -145,20 +146,20 @@ class _ImageCache:
             self._evict()
 
 
-_CACHE = _ImageCache(max_entries=256, max_bytes=256 * 1024 * 1024)
+IMAGE_CACHE = _ImageCache(max_entries=256, max_bytes=256 * 1024 * 1024)
 
 
 def cache_info() -> MediaCacheInfo:
     """Counters and size of the prepared-image cache."""
-    return _CACHE.info()
+    return IMAGE_CACHE.info()
 
 
 def clear_cache() -> None:
     """Empty the prepared-image cache and reset its counters."""
-    _CACHE.clear()
-    _DATA_URLS.clear()
+    IMAGE_CACHE.clear()
+    DATA_URLS.clear()
 
 
 def set_cache_limits(max_entries: int = 256, max_bytes: int = 256 * 1024 * 1024) -> None:
     """Bound the prepared-image cache (0 entries disables it); evicts at once if needed."""
-    _CACHE.set_limits(max_entries, max_bytes)
+    IMAGE_CACHE.set_limits(max_entries, max_bytes)

@@ -7,7 +7,7 @@ import struct
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-_MIME: dict[str, str] = {
+MIME_TYPES: dict[str, str] = {
     "jpeg": "image/jpeg",
     "png": "image/png",
     "gif": "image/gif",
@@ -34,7 +34,7 @@ VIDEO_FORMATS = frozenset({"mp4", "mov", "3gp", "webm", "mkv", "avi", "mpegts"})
 
 
 # Containers built from ISO BMFF boxes, which ``read_video_info`` can measure.
-_ISO_BMFF = frozenset({"mp4", "mov", "3gp"})
+ISO_BMFF_FORMATS = frozenset({"mp4", "mov", "3gp"})
 
 
 _EXTENSIONS: dict[str, str] = {
@@ -69,7 +69,7 @@ _HEIC_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b
 
 def mime_type_for(fmt: str) -> str | None:
     """The MIME type of a format name as ``sniff_format`` spells it (``"jpeg"``...)."""
-    return _MIME.get(_normalize_format(fmt))
+    return MIME_TYPES.get(normalize_format(fmt))
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -125,17 +125,17 @@ def _ftyp_format(head: bytes) -> str:
     return "mp4"
 
 
-def _normalize_format(fmt: str) -> str:
+def normalize_format(fmt: str) -> str:
     fmt = fmt.strip().lower().lstrip(".")
     return _ALIASES.get(fmt, fmt)
 
 
-def _normalize_formats(formats: frozenset[str] | None) -> frozenset[str] | None:
+def normalize_formats(formats: frozenset[str] | None) -> frozenset[str] | None:
     if formats is None:
         return None
-    return frozenset(_normalize_format(f) for f in formats)
+    return frozenset(normalize_format(f) for f in formats)
 
 
-def _format_from_url(url: str) -> str | None:
+def format_from_url(url: str) -> str | None:
     suffix = Path(unquote(urlsplit(url).path)).suffix.lower()
     return _EXTENSIONS.get(suffix)

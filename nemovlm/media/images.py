@@ -1,4 +1,4 @@
-"""Images checked against a model and shaped for it: ``_prepare_image`` (cache
+"""Images checked against a model and shaped for it: ``prepare_image`` (cache
 lookup; an http(s) URL kept, or fetched only when its extension names a format the
 model does not take) -> ``_process_image_bytes`` (sniff, decode, convert to
 ``profile.convert_images_to``, downscale to the pixel budget)."""
@@ -12,25 +12,25 @@ import httpx
 from PIL import Image, ImageOps
 
 from nemovlm.errors import UnsupportedInputError
-from nemovlm.media.cache import _CACHE, _digest
+from nemovlm.media.cache import IMAGE_CACHE, content_key
 from nemovlm.media.formats import (
-    _MIME,
     IMAGE_FORMATS,
-    _format_from_url,
-    _normalize_format,
-    _normalize_formats,
+    MIME_TYPES,
+    format_from_url,
+    normalize_format,
+    normalize_formats,
     sniff_format,
 )
-from nemovlm.media.prepared import PreparedMedia, _model_label, _refuse_kind
+from nemovlm.media.prepared import PreparedMedia, model_label, refuse_kind
 from nemovlm.media.sources import (
     MediaPolicy,
-    _checked_data_url,
-    _fetch,
-    _parse_data_url,
-    _read_file,
-    _refuse_url_scheme,
-    _scheme_of,
-    _stat_file,
+    checked_data_url,
+    fetch_remote,
+    parse_data_url,
+    read_file,
+    refuse_url_scheme,
+    scheme_of,
+    stat_file,
 )
 from nemovlm.messages import MediaPart
 from nemovlm.profiles import ModelProfile
@@ -47,16 +47,16 @@ _PIL_WRITERS = {
 }
 
 
-def _prepare_image(
+def prepare_image(
     part: MediaPart,
     profile: ModelProfile,
     policy: MediaPolicy,
     http_client: httpx.Client | None,
 ) -> PreparedMedia:
     if not profile.accepts_images:
-        raise _refuse_kind(part, profile)
-    formats = _normalize_formats(profile.image_formats)
-    target = _normalize_format(profile.convert_images_to) if profile.convert_images_to else None
+        raise refuse_kind(part, profile)
+    formats = normalize_formats(profile.image_formats)
+    target = normalize_format(profile.convert_images_to) if profile.convert_images_to else None
     budget = (policy.max_image_pixels or profile.max_image_pixels) if policy.downscale else None
     settings = (formats, target, budget)
 
@@ -64,40 +64,42 @@ def _prepare_image(
         return _process_image_bytes(data, part, profile, formats, target, budget)
 
     if part.url is not None:
-        scheme = _scheme_of(part.url)
+        scheme = scheme_of(part.url)
         if scheme in ("http", "https"):
-            url_format = _format_from_url(part.url)
+            url_format = format_from_url(part.url)
             if formats is None or url_format is None or url_format in formats:
                 return PreparedMedia(
                     kind="image",
                     url=part.url,
                     data=None,
                     path=None,
-                    mime_type=_MIME.get(url_format) if url_format else None,
+                    mime_type=MIME_TYPES.get(url_format) if url_format else None,
                     format=url_format,
                 )
             # The extension says the model cannot take it: fetch, sniff and convert.
-            fetched = _fetch(part.url, policy, http_client, part)
-            return _CACHE.get_or_make((_digest(fetched), settings), lambda: process(fetched))
+            fetched = fetch_remote(part.url, policy, http_client, part)
+            return IMAGE_CACHE.get_or_make(
+                (content_key(fetched), settings), lambda: process(fetched)
+            )
         if scheme != "data":
-            raise _refuse_url_scheme(part)
-        _, key, decoded = _checked_data_url(part.url, part.describe())
+            raise refuse_url_scheme(part)
+        _, key, decoded = checked_data_url(part.url, part.describe())
 
         def from_url() -> PreparedMedia:
             assert part.url is not None
-            data = decoded if decoded is not None else _parse_data_url(part.url, part.describe())[1]
+            data = decoded if decoded is not None else parse_data_url(part.url, part.describe())[1]
             return process(data)
 
-        return _CACHE.get_or_make((key, settings), from_url)
+        return IMAGE_CACHE.get_or_make((key, settings), from_url)
     if part.data is not None:
         data = part.data
-        return _CACHE.get_or_make((_digest(data), settings), lambda: process(data))
+        return IMAGE_CACHE.get_or_make((content_key(data), settings), lambda: process(data))
     assert part.path is not None
     path = part.path.expanduser().resolve()
-    st = _stat_file(path, part)
+    st = stat_file(path, part)
     # Same path with the same mtime and size: reuse without reading the file again.
     key = (("file", str(path), st.st_mtime_ns, st.st_size), settings)
-    return _CACHE.get_or_make(key, lambda: process(_read_file(path, part)))
+    return IMAGE_CACHE.get_or_make(key, lambda: process(read_file(path, part)))
 
 
 def _process_image_bytes(
@@ -121,7 +123,7 @@ def _process_image_bytes(
     needs_conversion = formats is not None and fmt not in formats
     if needs_conversion and target is None:
         raise UnsupportedInputError(
-            f"{_model_label(profile)} accepts images as {', '.join(sorted(formats or ()))}; "
+            f"{model_label(profile)} accepts images as {', '.join(sorted(formats or ()))}; "
             f"the {part.describe()} is {fmt}. Convert it to one of those first "
             "(or set the profile's convert_images_to to let nemovlm convert it)."
         )
@@ -130,7 +132,7 @@ def _process_image_bytes(
             f"The profile asks to convert images to '{target}', which nemovlm cannot write; "
             f"use one of {', '.join(sorted(_PIL_WRITERS))} in convert_images_to."
         )
-    _CACHE.count_decode()
+    IMAGE_CACHE.count_decode()
     image = _open_image(data, fmt, part)
     width, height = image.size
     # EXIF orientations 5-8 turn the picture a quarter: it shows as height x width.
@@ -149,7 +151,7 @@ def _process_image_bytes(
         url=None,
         data=data,
         path=None,
-        mime_type=_MIME[fmt],
+        mime_type=MIME_TYPES[fmt],
         format=fmt,
         width=height if turned else width,
         height=width if turned else height,
@@ -184,7 +186,7 @@ def _process_image_bytes(
         url=None,
         data=encoded,
         path=None,
-        mime_type=_MIME[out_format],
+        mime_type=MIME_TYPES[out_format],
         format=out_format,
         width=converted.width,
         height=converted.height,

@@ -58,7 +58,7 @@ class PreparedMedia:
         return None
 
 
-def _model_label(profile: ModelProfile) -> str:
+def model_label(profile: ModelProfile) -> str:
     return f"Model '{profile.model}'" if profile.model else "This model"
 
 
@@ -73,7 +73,7 @@ def _accepts_summary(profile: ModelProfile) -> str:
     return ", ".join(bits)
 
 
-def _refuse_kind(part: MediaPart, profile: ModelProfile) -> UnsupportedInputError:
+def refuse_kind(part: MediaPart, profile: ModelProfile) -> UnsupportedInputError:
     takers = [
         p.model
         for p in PROFILES.values()
@@ -81,6 +81,6 @@ def _refuse_kind(part: MediaPart, profile: ModelProfile) -> UnsupportedInputErro
     ]
     hint = f" Models that take {part.kind}s include {', '.join(takers[:3])}." if takers else ""
     return UnsupportedInputError(
-        f"{_model_label(profile)} accepts no {part.kind} input (it accepts "
+        f"{model_label(profile)} accepts no {part.kind} input (it accepts "
         f"{_accepts_summary(profile)}); remove the {part.describe()} or use another model." + hint
     )

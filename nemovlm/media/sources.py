@@ -18,7 +18,7 @@ from urllib.request import url2pathname
 import httpx
 
 from nemovlm.errors import UnsupportedInputError
-from nemovlm.media.cache import _DATA_URLS, _digest
+from nemovlm.media.cache import DATA_URLS, content_key
 from nemovlm.media.formats import IMAGE_FORMATS, VIDEO_FORMATS, mime_type_for, sniff_format
 from nemovlm.messages import MediaKind, MediaPart
 
@@ -96,7 +96,7 @@ def media_from_string(value: str, kind: MediaKind, policy: MediaPolicy) -> Media
     text = value.strip()
     if not text:
         raise UnsupportedInputError(f"An empty string was given as {kind}; pass a URL or data.")
-    scheme = _scheme_of(text)
+    scheme = scheme_of(text)
     if scheme in ("http", "https", "file"):
         try:
             urlsplit(text)
@@ -111,7 +111,7 @@ def media_from_string(value: str, kind: MediaKind, policy: MediaPolicy) -> Media
             )
         return MediaPart(kind=kind, url=text)
     if scheme == "data":
-        mime, _, _ = _checked_data_url(text, f"{kind} data URL")
+        mime, _, _ = checked_data_url(text, f"{kind} data URL")
         return MediaPart(kind=kind, url=text, mime_type=mime)
     if scheme in (None, "file"):
         return MediaPart(kind=kind, path=_allowed_path(text, scheme, kind, policy))
@@ -129,12 +129,12 @@ def media_from_base64(b64: str, mime_type: str | None, kind: MediaKind) -> Media
     """
     text = b64.strip()
     if text[:5].lower() == "data:":
-        declared, data = _parse_data_url(text, f"{kind} data URL")
+        declared, data = parse_data_url(text, f"{kind} data URL")
         return MediaPart(kind=kind, data=data, mime_type=mime_type or declared)
     return MediaPart(kind=kind, data=_b64decode(text, f"base64 {kind}"), mime_type=mime_type)
 
 
-def _scheme_of(text: str) -> str | None:
+def scheme_of(text: str) -> str | None:
     if _WINDOWS_DRIVE.match(text):
         return None
     match = _SCHEME.match(text)
@@ -145,7 +145,7 @@ def _shorten(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _parse_data_url(url: str, what: str) -> tuple[str | None, bytes]:
+def parse_data_url(url: str, what: str) -> tuple[str | None, bytes]:
     """The declared MIME type and the decoded bytes of a base64 ``data:`` URL."""
     header, sep, payload = url[5:].partition(",")
     if not sep:
@@ -187,15 +187,15 @@ def _b64decode(payload: str, what: str) -> bytes:
     return data
 
 
-def _checked_data_url(url: str, what: str) -> tuple[str | None, Hashable, bytes | None]:
+def checked_data_url(url: str, what: str) -> tuple[str | None, Hashable, bytes | None]:
     """A data URL's declared MIME type, the digest of its bytes, and the bytes when they
     had to be decoded now (``None`` when the same URL was checked before)."""
-    known = _DATA_URLS.get(url)
+    known = DATA_URLS.get(url)
     if known is not None:
         return known[0], known[1], None
-    mime, data = _parse_data_url(url, what)
-    key = _digest(data)
-    _DATA_URLS.put(url, (mime, key))
+    mime, data = parse_data_url(url, what)
+    key = content_key(data)
+    DATA_URLS.put(url, (mime, key))
     return mime, key, data
 
 
@@ -238,14 +238,14 @@ def _allowed_path(text: str, scheme: str | None, kind: MediaKind, policy: MediaP
     )
 
 
-def _read_file(path: Path, part: MediaPart) -> bytes:
+def read_file(path: Path, part: MediaPart) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
         raise UnsupportedInputError(f"Cannot read the {part.describe()}: {exc}.") from exc
 
 
-def _stat_file(path: Path, part: MediaPart) -> os.stat_result:
+def stat_file(path: Path, part: MediaPart) -> os.stat_result:
     try:
         st = path.stat()
     except OSError as exc:
@@ -255,7 +255,7 @@ def _stat_file(path: Path, part: MediaPart) -> os.stat_result:
     return st
 
 
-def _refuse_url_scheme(part: MediaPart) -> UnsupportedInputError:
+def refuse_url_scheme(part: MediaPart) -> UnsupportedInputError:
     return UnsupportedInputError(
         f"The {part.describe()} is neither an http(s) nor a data: URL. Pass local files "
         "as a pathlib.Path (MediaPart(path=...)), or build the part with "
@@ -263,7 +263,7 @@ def _refuse_url_scheme(part: MediaPart) -> UnsupportedInputError:
     )
 
 
-def _fetch(
+def fetch_remote(
     url: str, policy: MediaPolicy, http_client: httpx.Client | None, part: MediaPart
 ) -> bytes:
     cap = policy.max_remote_bytes

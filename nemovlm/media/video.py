@@ -1,4 +1,4 @@
-"""Video checked against a model: ``_prepare_video`` (sniff the container, measure
+"""Video checked against a model: ``prepare_video`` (sniff the container, measure
 an MP4/MOV with ``read_video_info``, then duration and resolution limits). Video is
 never converted client-side; a local file stays on disk."""
 
@@ -8,31 +8,31 @@ from pathlib import Path
 
 from nemovlm.errors import UnsupportedInputError
 from nemovlm.media.formats import (
-    _ISO_BMFF,
-    _MIME,
     IMAGE_FORMATS,
+    ISO_BMFF_FORMATS,
+    MIME_TYPES,
     VIDEO_FORMATS,
-    _format_from_url,
-    _normalize_formats,
+    format_from_url,
+    normalize_formats,
     sniff_format,
 )
 from nemovlm.media.mp4 import VideoInfo, read_video_info
-from nemovlm.media.prepared import PreparedMedia, _model_label, _refuse_kind
-from nemovlm.media.sources import _parse_data_url, _refuse_url_scheme, _scheme_of, _stat_file
+from nemovlm.media.prepared import PreparedMedia, model_label, refuse_kind
+from nemovlm.media.sources import parse_data_url, refuse_url_scheme, scheme_of, stat_file
 from nemovlm.messages import MediaPart
 from nemovlm.profiles import ModelProfile
 
 
-def _prepare_video(part: MediaPart, profile: ModelProfile) -> PreparedMedia:
+def prepare_video(part: MediaPart, profile: ModelProfile) -> PreparedMedia:
     if not profile.accepts_video:
-        raise _refuse_kind(part, profile)
-    formats = _normalize_formats(profile.video_formats)
+        raise refuse_kind(part, profile)
+    formats = normalize_formats(profile.video_formats)
     data: bytes | None = None
     path: Path | None = None
     if part.url is not None:
-        scheme = _scheme_of(part.url)
+        scheme = scheme_of(part.url)
         if scheme in ("http", "https"):
-            url_format = _format_from_url(part.url)
+            url_format = format_from_url(part.url)
             if formats is not None and url_format in VIDEO_FORMATS and url_format not in formats:
                 # Video is never converted client-side, so a known mismatch fails now.
                 raise _refuse_video_format(part, profile, url_format, formats)
@@ -41,19 +41,19 @@ def _prepare_video(part: MediaPart, profile: ModelProfile) -> PreparedMedia:
                 url=part.url,
                 data=None,
                 path=None,
-                mime_type=_MIME.get(url_format) if url_format else None,
+                mime_type=MIME_TYPES.get(url_format) if url_format else None,
                 format=url_format,
             )
         if scheme != "data":
-            raise _refuse_url_scheme(part)
-        _, data = _parse_data_url(part.url, part.describe())
+            raise refuse_url_scheme(part)
+        _, data = parse_data_url(part.url, part.describe())
         head = data
     elif part.data is not None:
         data = head = part.data
     else:
         assert part.path is not None
         path = part.path.expanduser().resolve()
-        _stat_file(path, part)
+        stat_file(path, part)
         try:
             with open(path, "rb") as file:
                 head = file.read(4096)
@@ -73,7 +73,7 @@ def _prepare_video(part: MediaPart, profile: ModelProfile) -> PreparedMedia:
     if formats is not None and fmt not in formats:
         raise _refuse_video_format(part, profile, fmt, formats)
     info: VideoInfo | None = None
-    if fmt in _ISO_BMFF:
+    if fmt in ISO_BMFF_FORMATS:
         source: bytes | Path
         if data is not None:
             source = data
@@ -90,7 +90,7 @@ def _prepare_video(part: MediaPart, profile: ModelProfile) -> PreparedMedia:
         url=None,
         data=data,
         path=path,
-        mime_type=_MIME[fmt],
+        mime_type=MIME_TYPES[fmt],
         format=fmt,
         width=info.width if info else None,
         height=info.height if info else None,
@@ -103,11 +103,11 @@ def _refuse_video_format(
 ) -> UnsupportedInputError:
     hint = (
         " Remux it to MP4 first, e.g. `ffmpeg -i in.mov -c copy out.mp4`."
-        if fmt in _ISO_BMFF and "mp4" in formats
+        if fmt in ISO_BMFF_FORMATS and "mp4" in formats
         else f" Convert it to {' or '.join(sorted(formats))} first."
     )
     return UnsupportedInputError(
-        f"{_model_label(profile)} accepts video as {', '.join(sorted(formats))}; "
+        f"{model_label(profile)} accepts video as {', '.join(sorted(formats))}; "
         f"the {part.describe()} is {fmt}." + hint
     )
 
@@ -116,13 +116,13 @@ def _check_video_limits(info: VideoInfo, part: MediaPart, profile: ModelProfile)
     limit_s = profile.max_video_seconds
     if limit_s is not None and info.duration_s > limit_s:
         raise UnsupportedInputError(
-            f"The {part.describe()} lasts {info.duration_s:.2f} s; {_model_label(profile)} "
+            f"The {part.describe()} lasts {info.duration_s:.2f} s; {model_label(profile)} "
             f"accepts at most {limit_s:g} s. Trim it first."
         )
     limit_h = profile.max_video_height
     # "1080p" names the short side, so a portrait 1080x1920 phone video qualifies.
     if limit_h is not None and min(info.width, info.height) > limit_h:
         raise UnsupportedInputError(
-            f"The {part.describe()} is {info.width}x{info.height}; {_model_label(profile)} "
+            f"The {part.describe()} is {info.width}x{info.height}; {model_label(profile)} "
             f"accepts up to {limit_h}p. Scale it down first."
         )
