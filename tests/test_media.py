@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import io
 import os
+import pickle
 import random
 import struct
 import subprocess
@@ -136,6 +138,10 @@ def web() -> Iterator[tuple[str, Counter[str]]]:
             return Response(bodies[name], media_type="image/gif")
         if name == "stream.gif":  # chunked: no Content-Length to check up front
             return StreamingResponse(chunks(), media_type="image/gif")
+        if name == "members-only.gif":  # served only to a client sending the pass
+            if request.headers.get("x-media-pass") != "let-me-in":
+                return Response("forbidden", status_code=403)
+            return Response(GIF_RED_BLUE, media_type="image/gif")
         if name == "slow.gif":
             await asyncio.sleep(1.0)
             return Response(GIF_RED_BLUE, media_type="image/gif")
@@ -433,14 +439,67 @@ def test_fetched_image_is_sniffed_not_judged_by_its_extension(
     assert prepared.data == make_image(fmt="png")
 
 
-def test_fetch_uses_the_given_http_client(web: tuple[str, Counter[str]]) -> None:
+def test_fetch_goes_through_the_policys_http_client(web: tuple[str, Counter[str]]) -> None:
     base, _ = web
     seen: list[str] = []
-    with httpx.Client(event_hooks={"request": [lambda r: seen.append(str(r.url))]}) as client:
+    with httpx.Client(
+        headers={"x-media-pass": "let-me-in"},
+        event_hooks={"request": [lambda r: seen.append(str(r.url))]},
+    ) as client:
+        policy = MediaPolicy(http_client=client)
+        part = MediaPart(kind="image", url=f"{base}/members-only.gif")
+        prepared = prepare_media(part, LLAMA, policy)
+    assert seen == [f"{base}/members-only.gif"]
+    assert prepared.format == "png"  # the server saw the client's header and answered
+
+
+def test_fetch_without_a_policy_client_uses_a_plain_one(web: tuple[str, Counter[str]]) -> None:
+    base, _ = web
+    part = MediaPart(kind="image", url=f"{base}/members-only.gif")
+    with pytest.raises(UnsupportedInputError, match="HTTP 403"):
+        prepare_media(part, LLAMA, OPEN)
+
+
+def test_fetch_leaves_the_policys_http_client_open(web: tuple[str, Counter[str]]) -> None:
+    base, _ = web
+    with httpx.Client() as client:
         prepare_media(
-            MediaPart(kind="image", url=f"{base}/photo.gif"), LLAMA, OPEN, http_client=client
+            MediaPart(kind="image", url=f"{base}/pic.gif"), LLAMA, MediaPolicy(http_client=client)
         )
-    assert seen == [f"{base}/photo.gif"]
+        assert not client.is_closed
+
+
+def test_fetch_goes_through_an_httpx2_client_too(web: tuple[str, Counter[str]]) -> None:
+    httpx2 = pytest.importorskip("httpx2")  # the client type openai 3.x takes
+    base, _ = web
+    with httpx2.Client(headers={"x-media-pass": "let-me-in"}) as client:
+        policy = MediaPolicy(http_client=client)
+        part = MediaPart(kind="image", url=f"{base}/members-only.gif")
+        assert prepare_media(part, LLAMA, policy).format == "png"
+
+
+def test_fetch_through_an_httpx2_client_that_fails_is_refused_clearly() -> None:
+    httpx2 = pytest.importorskip("httpx2")
+    part = MediaPart(kind="image", url="http://127.0.0.1:9/a.gif")  # discard port: nothing there
+    with (
+        httpx2.Client() as client,
+        pytest.raises(UnsupportedInputError, match="Fetching the image"),
+    ):
+        prepare_media(part, LLAMA, MediaPolicy(http_client=client))
+
+
+def test_a_pickled_policy_leaves_its_http_client_behind() -> None:
+    with httpx.Client() as client:
+        policy = MediaPolicy(max_remote_bytes=1234, http_client=client)
+        restored = pickle.loads(pickle.dumps(policy))
+    assert restored == MediaPolicy(max_remote_bytes=1234)
+
+
+def test_a_copied_policy_keeps_its_http_client() -> None:
+    with httpx.Client() as client:
+        policy = MediaPolicy(http_client=client)
+        assert copy.deepcopy(policy).http_client is client
+        assert copy.copy(policy).http_client is client
 
 
 def test_fetch_larger_than_declared_cap_is_refused(web: tuple[str, Counter[str]]) -> None:

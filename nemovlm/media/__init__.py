@@ -11,7 +11,8 @@ Input flow (module in brackets):
     images: ``prepare_image`` [images] -> cache lookup [cache] -> ``_process_image_bytes``
             (``sniff_format`` [formats], decode, convert to ``profile.convert_images_to``,
             downscale to the pixel budget); an http(s) URL is fetched (``fetch_remote``
-            [sources]) only when its extension names a format the model does not take
+            [sources], through ``MediaPolicy.http_client`` when set) only when its
+            extension names a format the model does not take
     video:  ``prepare_video`` [video] (``sniff_format``, ``read_video_info`` [mp4],
             duration and resolution limits); a local file stays on disk
   ``PreparedMedia.as_url``  what a backend puts on the wire                [prepared]
@@ -27,8 +28,6 @@ may come from: data URLs, files and the directory allow-list, remote fetch), ``i
 from __future__ import annotations
 
 import asyncio
-
-import httpx
 
 from nemovlm.media.cache import MediaCacheInfo, cache_info, clear_cache, set_cache_limits
 from nemovlm.media.formats import IMAGE_FORMATS, VIDEO_FORMATS, mime_type_for, sniff_format
@@ -77,17 +76,15 @@ def prepare_media(
     part: MediaPart,
     profile: ModelProfile,
     policy: MediaPolicy = _DEFAULT_POLICY,
-    *,
-    http_client: httpx.Client | None = None,
 ) -> PreparedMedia:
     """Check ``part`` against what ``profile`` accepts and shape it for the wire.
 
-    ``http_client`` is used when an image URL must be fetched for conversion (proxies,
-    custom TLS); by default a short-lived client is made. Raises
+    An image URL the model cannot take as it is gets fetched for conversion, through
+    ``policy.http_client`` when set (proxies, custom TLS). Raises
     ``UnsupportedInputError`` naming the part and what to change.
     """
     if part.kind == "image":
-        return prepare_image(part, profile, policy, http_client)
+        return prepare_image(part, profile, policy)
     return prepare_video(part, profile)
 
 
@@ -95,8 +92,6 @@ async def aprepare_media(
     part: MediaPart,
     profile: ModelProfile,
     policy: MediaPolicy = _DEFAULT_POLICY,
-    *,
-    http_client: httpx.Client | None = None,
 ) -> PreparedMedia:
     """``prepare_media`` in a worker thread, so decoding never blocks the event loop."""
-    return await asyncio.to_thread(prepare_media, part, profile, policy, http_client=http_client)
+    return await asyncio.to_thread(prepare_media, part, profile, policy)

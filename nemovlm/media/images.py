@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import math
 
-import httpx
 from PIL import Image, ImageOps
 
 from nemovlm.errors import UnsupportedInputError
@@ -51,7 +50,6 @@ def prepare_image(
     part: MediaPart,
     profile: ModelProfile,
     policy: MediaPolicy,
-    http_client: httpx.Client | None,
 ) -> PreparedMedia:
     if not profile.accepts_images:
         raise refuse_kind(part, profile)
@@ -77,7 +75,7 @@ def prepare_image(
                     format=url_format,
                 )
             # The extension says the model cannot take it: fetch, sniff and convert.
-            fetched = fetch_remote(part.url, policy, http_client, part)
+            fetched = fetch_remote(part.url, policy, part)
             return IMAGE_CACHE.get_or_make(
                 (content_key(fetched), settings), lambda: process(fetched)
             )

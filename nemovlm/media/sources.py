@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
+import importlib
 import os
 import re
 from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
@@ -39,6 +42,25 @@ class MediaPolicy:
     """Cap for media the client itself must fetch (checked while streaming)."""
     remote_timeout: float = 10.0
     """Seconds allowed for fetching such media."""
+    # Typed loosely on purpose: the adapters pass their own ``http_client`` through,
+    # and its type follows the installed openai SDK (httpx, or httpx2 in openai 3.x).
+    http_client: Any = None
+    """An ``httpx.Client`` (or ``httpx2.Client``) of the user's own, with their proxy,
+    TLS settings or headers, for media the client itself must fetch. ``None``
+    (default): a short-lived client per fetch. Never closed here; not pickled (a
+    pickled policy fetches with its own client where it lands)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A client holds sockets and locks; like the backends' clients, it stays behind.
+        return {**self.__dict__, "http_client": None}
+
+    # Immutable, so a copy is the policy itself (and keeps its client, which pickling,
+    # the default route for copies, would drop).
+    def __copy__(self) -> MediaPolicy:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> MediaPolicy:
+        return self
 
 
 def media_policy(source: object) -> MediaPolicy:
@@ -263,15 +285,16 @@ def refuse_url_scheme(part: MediaPart) -> UnsupportedInputError:
     )
 
 
-def fetch_remote(
-    url: str, policy: MediaPolicy, http_client: httpx.Client | None, part: MediaPart
-) -> bytes:
+def fetch_remote(url: str, policy: MediaPolicy, part: MediaPart) -> bytes:
+    """The bytes at an http(s) URL, through ``policy.http_client`` when set, within
+    ``policy.max_remote_bytes`` (checked while streaming) and ``policy.remote_timeout``."""
     cap = policy.max_remote_bytes
     too_big = (
         f"The {part.describe()} is larger than MediaPolicy.max_remote_bytes ({cap} bytes); "
         "raise the limit or send a smaller file."
     )
-    client = http_client or httpx.Client()
+    own_client = policy.http_client is None
+    client = httpx.Client() if own_client else policy.http_client
     try:
         with client.stream(
             "GET", url, timeout=policy.remote_timeout, follow_redirects=True
@@ -291,17 +314,30 @@ def fetch_remote(
                 if total > cap:
                     raise UnsupportedInputError(too_big)
                 chunks.append(chunk)
-    except httpx.TimeoutException as exc:
+    except _http_errors("TimeoutException") as exc:
         raise UnsupportedInputError(
             f"Fetching the {part.describe()} timed out after {policy.remote_timeout} s "
             "(MediaPolicy.remote_timeout); raise it or send the bytes."
         ) from exc
-    except httpx.HTTPError as exc:
+    except _http_errors("HTTPError") as exc:
         raise UnsupportedInputError(
             f"Fetching the {part.describe()} failed ({type(exc).__name__}: {exc}); "
             "check the URL or send the bytes."
         ) from exc
     finally:
-        if http_client is None:
+        if own_client:
             client.close()
     return b"".join(chunks)
+
+
+@functools.cache
+def _http_errors(name: str) -> tuple[type[Exception], ...]:
+    """The exception class ``name`` of httpx and, where installed, of httpx2 (the fork
+    openai 3.x speaks through), so a user's client of either kind fails cleanly.
+    Looked up on the first error, so importing this module does not import httpx2."""
+    classes: list[type[Exception]] = [getattr(httpx, name)]
+    try:
+        classes.append(getattr(importlib.import_module("httpx2"), name))
+    except ImportError:
+        pass
+    return tuple(classes)
