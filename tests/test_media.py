@@ -35,6 +35,8 @@ from starlette.routing import Route
 from nemovlm.emulator.server import RunningServer
 from nemovlm.errors import UnsupportedInputError
 from nemovlm.media import (
+    IMAGE_FORMATS,
+    VIDEO_FORMATS,
     MediaPolicy,
     PreparedMedia,
     VideoInfo,
@@ -44,6 +46,7 @@ from nemovlm.media import (
     media_from_base64,
     media_from_string,
     prepare_media,
+    read_media_file,
     read_video_info,
     set_cache_limits,
     sniff_format,
@@ -364,6 +367,99 @@ def test_containers_are_sniffed_from_magic_bytes(data: bytes, expected: str | No
 
 def test_to_data_url_is_base64_with_the_given_type() -> None:
     assert to_data_url(b"\x89PNG", "image/png") == "data:image/png;base64,iVBORw=="
+
+
+# --- read_media_file: a file the caller chose to send ------------------------------------
+
+# One file of every format read_media_file knows, and the MIME type it must report.
+MEDIA_FILES: dict[str, tuple[bytes, str, str]] = {
+    "jpeg": (make_image(fmt="jpeg"), "image/jpeg", "image"),
+    "png": (make_image(fmt="png"), "image/png", "image"),
+    "gif": (make_image(fmt="gif"), "image/gif", "image"),
+    "webp": (make_image(fmt="webp"), "image/webp", "image"),
+    "bmp": (make_image(fmt="bmp"), "image/bmp", "image"),
+    "tiff": (make_image(fmt="tiff"), "image/tiff", "image"),
+    "avif": (b"\x00\x00\x00\x18ftypavif\x00\x00\x00\x00avifmif1", "image/avif", "image"),
+    "heic": (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "image/heic", "image"),
+    "mp4": (make_mp4(), "video/mp4", "video"),
+    "mov": (make_mp4(brand="qt  "), "video/quicktime", "video"),
+    "3gp": (make_mp4(brand="3gp5"), "video/3gpp", "video"),
+    "webm": (
+        b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01\x42\x82\x84webm" + bytes(8),
+        "video/webm",
+        "video",
+    ),
+    "mkv": (
+        b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01\x42\x82\x88matroska" + bytes(8),
+        "video/x-matroska",
+        "video",
+    ),
+    "avi": (b"RIFF\x00\x00\x00\x00AVI LIST" + bytes(8), "video/x-msvideo", "video"),
+    "mpegts": ((b"\x47" + bytes(187)) * 3, "video/mp2t", "video"),
+}
+
+
+def test_read_media_file_covers_every_format_the_package_knows() -> None:
+    assert set(MEDIA_FILES) == IMAGE_FORMATS | VIDEO_FORMATS
+
+
+@pytest.mark.parametrize("fmt", sorted(MEDIA_FILES))
+def test_read_media_file_gives_kind_and_mime_type_from_the_content(
+    fmt: str, tmp_path: Path
+) -> None:
+    data, mime, kind = MEDIA_FILES[fmt]
+    (tmp_path / "upload.bin").write_bytes(data)  # the name tells nothing
+    assert read_media_file(tmp_path / "upload.bin") == (data, mime, kind)
+
+
+def test_read_media_file_calls_a_mov_video_quicktime(tmp_path: Path) -> None:
+    (tmp_path / "clip.mov").write_bytes(make_mp4(brand="qt  "))
+    found = read_media_file(str(tmp_path / "clip.mov"))
+    assert (found.mime_type, found.kind) == ("video/quicktime", "video")
+
+
+def test_read_media_file_trusts_the_content_over_the_name(tmp_path: Path) -> None:
+    (tmp_path / "clip.mov").write_bytes(make_image(fmt="png"))
+    assert read_media_file(tmp_path / "clip.mov").mime_type == "image/png"
+
+
+def test_read_media_file_of_a_missing_file_names_it(tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedInputError, match=r"No such file to send: .*nope\.png"):
+        read_media_file(tmp_path / "nope.png")
+
+
+def test_read_media_file_of_a_directory_says_so(tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedInputError, match="is a directory"):
+        read_media_file(tmp_path)
+
+
+def test_read_media_file_of_an_empty_file_says_so(tmp_path: Path) -> None:
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(UnsupportedInputError, match="empty.png is empty"):
+        read_media_file(tmp_path / "empty.png")
+
+
+def test_read_media_file_of_unknown_content_lists_what_it_knows(tmp_path: Path) -> None:
+    (tmp_path / "notes.png").write_text("hello, not a picture")
+    with pytest.raises(UnsupportedInputError, match=r"not an image or video .* video: 3gp, avi"):
+        read_media_file(tmp_path / "notes.png")
+
+
+def test_read_media_file_refuses_audio_naming_what_it_holds(tmp_path: Path) -> None:
+    (tmp_path / "song.mp4").write_bytes(make_mp4(brand="M4A "))
+    with pytest.raises(UnsupportedInputError, match=r"it holds m4a data"):
+        read_media_file(tmp_path / "song.mp4")
+
+
+def test_read_media_file_refuses_a_video_asked_for_as_an_image(tmp_path: Path) -> None:
+    (tmp_path / "clip.png").write_bytes(make_mp4())
+    with pytest.raises(UnsupportedInputError, match=r"holds a video \(mp4\), not an image"):
+        read_media_file(tmp_path / "clip.png", kind="image")
+
+
+def test_read_media_file_accepts_the_kind_it_was_asked_for(tmp_path: Path) -> None:
+    (tmp_path / "clip.mp4").write_bytes(make_mp4())
+    assert read_media_file(tmp_path / "clip.mp4", kind="video").kind == "video"
 
 
 # --- prepare_media: images ------------------------------------------------------------------

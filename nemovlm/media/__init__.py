@@ -6,7 +6,8 @@ Input flow (module in brackets):
                          (http(s) kept as a URL; ``data:`` URLs validated; local paths
                          only from ``MediaPolicy.allowed_dirs``)              [sources]
   ``media_from_base64``  base64 from a framework block -> ``MediaPart(data=...)`` [sources]
-  ``read_media_file``    a file the caller chose to send -> bytes, MIME type, kind [sources]
+  ``read_media_file``    a file the caller chose to send -> ``MediaFile`` (bytes, MIME
+                         type and kind, all from its content)                 [sources]
   ``prepare_media``      ``MediaPart`` + ``ModelProfile`` + ``MediaPolicy`` -> ``PreparedMedia``
     images: ``prepare_image`` [images] -> cache lookup [cache] -> ``_process_image_bytes``
             (``sniff_format`` [formats], decode, convert to ``profile.convert_images_to``,
@@ -35,6 +36,7 @@ from nemovlm.media.images import prepare_image
 from nemovlm.media.mp4 import VideoInfo, read_video_info
 from nemovlm.media.prepared import PreparedMedia
 from nemovlm.media.sources import (
+    MediaFile,
     MediaPolicy,
     media_from_base64,
     media_from_string,
@@ -50,6 +52,7 @@ __all__ = [
     "IMAGE_FORMATS",
     "VIDEO_FORMATS",
     "MediaCacheInfo",
+    "MediaFile",
     "MediaPolicy",
     "PreparedMedia",
     "VideoInfo",

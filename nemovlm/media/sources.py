@@ -14,7 +14,7 @@ import re
 from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
@@ -73,27 +73,54 @@ def media_policy(source: object) -> MediaPolicy:
     )
 
 
-def read_media_file(path: str | Path) -> tuple[bytes, str, MediaKind]:
+class MediaFile(NamedTuple):
+    """What ``read_media_file`` found: the bytes, their MIME type and kind, from content."""
+
+    data: bytes
+    mime_type: str
+    kind: MediaKind
+
+
+def read_media_file(path: str | Path, kind: MediaKind | None = None) -> MediaFile:
     """A local image or video the caller chose to send: its bytes, MIME type and kind.
 
-    For adapters whose message format cannot carry a path (LangChain content blocks);
-    the call itself is the caller's intent, so no allow-list applies.
+    The one file reader for callers whose message format cannot carry a path
+    (LangChain's ``media_block``, the CLI); the call itself is the caller's intent, so
+    no allow-list applies. Format, MIME type and kind come from the bytes (``.mov`` ->
+    ``video/quicktime``), never from the file name. ``kind`` (optional) is what the
+    caller means to send; a file holding the other kind is refused. A missing,
+    unreadable, empty or unrecognised file is ``UnsupportedInputError``.
     """
     try:
         file = Path(path).expanduser()
     except RuntimeError as exc:  # "~user" with no such user
         raise UnsupportedInputError(f"Cannot find the file {path}: {exc}") from exc
+    if file.is_dir():
+        raise UnsupportedInputError(f"{file} is a directory; name an image or video file instead.")
     if not file.is_file():
-        raise UnsupportedInputError(f"No such file to send: {file}.")
-    data = file.read_bytes()
+        raise UnsupportedInputError(f"No such file to send: {file}; check the path.")
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise UnsupportedInputError(f"Cannot read {file}: {exc}.") from exc
+    if not data:
+        raise UnsupportedInputError(f"{file} is empty; send an image or video file.")
     fmt = sniff_format(data)
     mime = mime_type_for(fmt) if fmt else None
     if fmt is None or mime is None or fmt not in IMAGE_FORMATS | VIDEO_FORMATS:
+        found = f" (it holds {fmt} data)" if fmt else ""
         raise UnsupportedInputError(
-            f"{file} is not an image or video this package recognises (images: "
-            f"{', '.join(sorted(IMAGE_FORMATS))}; video: {', '.join(sorted(VIDEO_FORMATS))})."
+            f"{file} is not an image or video this package recognises{found}; judged by "
+            f"its content (images: {', '.join(sorted(IMAGE_FORMATS))}; video: "
+            f"{', '.join(sorted(VIDEO_FORMATS))})."
         )
-    return data, mime, "image" if fmt in IMAGE_FORMATS else "video"
+    found_kind: MediaKind = "image" if fmt in IMAGE_FORMATS else "video"
+    if kind is not None and kind != found_kind:
+        raise UnsupportedInputError(
+            f"{file} holds {'an' if found_kind == 'image' else 'a'} {found_kind} ({fmt}), "
+            f"not {'an' if kind == 'image' else 'a'} {kind}; send it as {found_kind}."
+        )
+    return MediaFile(data, mime, found_kind)
 
 
 def to_data_url(data: bytes, mime_type: str) -> str:
