@@ -10,6 +10,7 @@ release.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
@@ -18,6 +19,25 @@ from typing import Any, Literal
 Backend = Literal["nim", "fal"]
 ReasoningSwitch = Literal["system_think", "chat_template_thinking", "fal_reasoning_mode"]
 ToolMode = Literal["native", "prompt"]
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """A diffusion decoder's step schedule (seeds/fal-nemotron-diffusion-vlm.md): the
+    answer is decoded in ``max_tokens / block_length`` blocks (a partial last block
+    still takes one), and ``num_inference_steps`` must be a multiple of that block
+    count, at least one step per block. Its upper bound is in ``param_ranges``."""
+
+    default_steps: int = 256
+    """Steps the app uses when none are sent; the core rounds it up to fit the rule."""
+    default_block_length: int = 32
+    """``block_length`` the app uses when none is sent."""
+    alias: str | None = "inference_steps"
+    """Another name the app accepts for ``num_inference_steps``."""
+
+    def blocks(self, max_tokens: int, block_length: int) -> int:
+        """Blocks in the schedule; a partial last block still takes a block."""
+        return math.ceil(max_tokens / block_length)
 
 
 @dataclass(frozen=True)
@@ -82,7 +102,24 @@ class ModelProfile:
     price_per_1k_tokens: float | None = None
     """USD per 1000 tokens (input + output), when the seller publishes one."""
     param_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
-    """Inclusive ranges of numeric request parameters, checked before sending."""
+    """Inclusive ranges of numeric request parameters, checked before sending; they
+    narrow the ranges every request obeys (``nemovlm.options.WIRE_RANGES``)."""
+    default_max_tokens: int | None = None
+    """``max_tokens`` the server uses when none is sent; ``None`` (default): unknown."""
+
+    # --- the request's own fields (fal apps) -------------------------------------
+    sampling_params: frozenset[str] = frozenset({"seed", "temperature", "top_p"})
+    """Generic sampling settings the server takes; fal refuses the rest before sending.
+    Default: OpenAI's (``seed``, ``temperature``, ``top_p``); an unknown fal app: none."""
+    media_field: str | None = None
+    """The argument the one image or video goes in (``image_url``). ``None`` (default):
+    ``<requires>_url`` when the app requires a medium, else no media argument."""
+    system_field: str | None = None
+    """The argument system text goes in (``system_prompt``). ``None`` (default): it is
+    rendered at the top of the one prompt."""
+    step_schedule: StepSchedule | None = None
+    """The diffusion step rule the core applies to ``num_inference_steps``; ``None``
+    (default): the model has none."""
 
     @property
     def accepts_images(self) -> bool:
@@ -188,6 +225,10 @@ PROFILES: Mapping[str, ModelProfile] = MappingProxyType(
                     "block_length": (8, 128),
                     "threshold": (0.0, 1.0),
                 },
+                default_max_tokens=512,
+                sampling_params=frozenset(),  # the schema has no seed/temperature/top_p
+                media_field="image_url",
+                step_schedule=StepSchedule(),  # 256 steps, block_length 32
             ),
             # seeds/fal-nemotron-3-nano-omni-video.md
             ModelProfile(
@@ -210,6 +251,10 @@ PROFILES: Mapping[str, ModelProfile] = MappingProxyType(
                     "temperature": (0.0, 2.0),
                     "top_p": (0.0, 1.0),
                 },
+                default_max_tokens=1024,
+                sampling_params=frozenset({"temperature", "top_p"}),
+                media_field="video_url",
+                system_field="system_prompt",
             ),
         )
     }
@@ -226,5 +271,5 @@ def get_profile(
     if base is None:
         base = replace(GENERIC, model=model, name=model, backend=backend)
         if backend == "fal":
-            base = replace(base, tools="prompt")
+            base = replace(base, tools="prompt", sampling_params=frozenset())
     return base.with_overrides(overrides)

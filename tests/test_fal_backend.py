@@ -21,8 +21,6 @@ from PIL import Image
 from pydantic import SecretStr
 
 from nemovlm.backends.fal import (
-    DIFFUSION_VLM,
-    OMNI_VIDEO,
     FalBackend,
     QueueUpdate,
     report_queue_progress,
@@ -41,6 +39,8 @@ from nemovlm.profiles import get_profile
 from nemovlm.samples import make_image, make_mp4
 
 KEY = "fal-test-key-0123456789"
+DIFFUSION_VLM = "fal-ai/nemotron-diffusion-vlm"
+OMNI_VIDEO = "nvidia/nemotron-3-nano-omni/video"
 
 
 @pytest.fixture(scope="module")
