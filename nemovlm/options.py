@@ -141,7 +141,7 @@ def check_options(options: RequestOptions, profile: ModelProfile, *, stream: boo
                 f"(got {options.video_num_frames})."
             )
     sampling = options.video_fps is not None or options.video_num_frames is not None
-    if sampling and not profile.video_sampling and profile.model in _known():
+    if sampling and profile.video_sampling is False:
         raise UnsupportedInputError(
             f"{model} does not take video sampling settings (video_fps / video_num_frames); "
             "remove them."
@@ -151,7 +151,7 @@ def check_options(options: RequestOptions, profile: ModelProfile, *, stream: boo
             raise UnsupportedInputError(
                 f"max_num_tiles must be >= 1 (got {options.max_num_tiles})."
             )
-        if not profile.tiles and profile.model in _known():
+        if profile.tiles is False:
             raise UnsupportedInputError(f"{model} does not take max_num_tiles; remove it.")
     if options.reasoning is not None and not profile.can_reason:
         raise UnsupportedInputError(
@@ -170,7 +170,8 @@ def check_options(options: RequestOptions, profile: ModelProfile, *, stream: boo
     if options.image_transport == "img_tag" and not profile.img_tag:
         raise UnsupportedInputError(
             f"image_transport='img_tag' is only for models that read <img> tags in text "
-            f"({_img_tag_models()}); {model} needs image_transport='parts'."
+            f"(their profile says img_tag=True); {model} needs image_transport='parts', or "
+            "profile_overrides={'img_tag': True} if its server does read <img> tags."
         )
     if options.tool_choice not in (None, "auto", "none", "required"):
         names = [t.name for t in options.tools]
@@ -197,15 +198,3 @@ def check_options(options: RequestOptions, profile: ModelProfile, *, stream: boo
 
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
-
-
-def _known() -> frozenset[str]:
-    from nemovlm.profiles import PROFILES
-
-    return frozenset(PROFILES)
-
-
-def _img_tag_models() -> str:
-    from nemovlm.profiles import PROFILES
-
-    return ", ".join(p.model for p in PROFILES.values() if p.img_tag)

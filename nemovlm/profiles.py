@@ -66,12 +66,14 @@ class ModelProfile:
     """Videos per request; ``None`` (default) is no limit."""
     requires: Literal["image", "video"] | None = None
     """A medium every request must carry (fal endpoints)."""
-    video_sampling: bool = False
-    """``media_io_kwargs.video.fps|num_frames`` are understood."""
+    video_sampling: bool | None = None
+    """``media_io_kwargs.video.fps|num_frames`` are understood. ``None`` (default):
+    not known, so the settings pass through; ``False``: they are refused."""
     max_video_frames: int | None = None
     """Upper bound for ``num_frames`` (and fps x duration) when known."""
-    tiles: bool = False
-    """``mm_processor_kwargs.max_num_tiles`` is understood."""
+    tiles: bool | None = None
+    """``mm_processor_kwargs.max_num_tiles`` is understood. ``None`` (default): not
+    known, so the setting passes through; ``False``: it is refused."""
     tile_size: int | None = None
     """Side of one image tile in pixels, when the model tiles images."""
     max_tiles: int | None = None
@@ -168,6 +170,8 @@ PROFILES: Mapping[str, ModelProfile] = MappingProxyType(
                 video_formats=_NONE,
                 images_first=True,  # "put the image before any text part"
                 img_tag=True,  # "Text-only support": <img src=...> in text content
+                video_sampling=False,
+                tiles=False,
                 tools="prompt",  # not in NIM's tool-calling list
                 # Model card: 512x512 tiles, up to 12 per image (+ thumbnail).
                 tile_size=512,
@@ -199,6 +203,8 @@ PROFILES: Mapping[str, ModelProfile] = MappingProxyType(
                 name="DiffusionGemma 26B A4B IT",
                 image_formats=frozenset({"gif", "jpeg", "png"}),
                 video_formats=_MP4,
+                video_sampling=False,
+                tiles=False,
                 reasoning="chat_template_thinking",
                 reasoning_default=True,  # "It is turned on by default"
                 include_reasoning_param=True,
@@ -215,6 +221,8 @@ PROFILES: Mapping[str, ModelProfile] = MappingProxyType(
                 video_formats=_NONE,
                 max_images=1,
                 requires="image",
+                video_sampling=False,
+                tiles=False,
                 tools="prompt",
                 max_output_tokens=8192,
                 price_per_1k_tokens=0.005,
@@ -241,6 +249,8 @@ PROFILES: Mapping[str, ModelProfile] = MappingProxyType(
                 requires="video",
                 max_video_seconds=120.0,  # "max 2 minutes"
                 max_video_height=1080,  # "up to 1080p"
+                video_sampling=False,
+                tiles=False,
                 reasoning="fal_reasoning_mode",
                 reasoning_default=False,  # reasoning_mode defaults to no_think
                 tools="prompt",
