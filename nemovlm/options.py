@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, Literal
 
 from nemovlm.errors import UnsupportedInputError
@@ -17,7 +18,16 @@ from nemovlm.messages import ToolSpec
 from nemovlm.profiles import ModelProfile
 
 ImageTransport = Literal["parts", "img_tag"]
-MAX_VIDEO_FRAMES = 128  # seeds/nim-nemotron-nano-12b-v2-vl.md: "a maximum of 128 frames"
+WIRE_RANGES: Mapping[str, tuple[float, float]] = MappingProxyType(
+    {
+        "max_tokens": (1, math.inf),
+        "temperature": (0, math.inf),
+        "top_p": (0, 1),
+        "max_num_tiles": (1, math.inf),
+    }
+)
+"""Inclusive ranges every request obeys, whatever the model; a profile's
+``param_ranges`` (and ``max_video_frames``) narrow them for one model."""
 
 
 @dataclass(frozen=True)
@@ -133,26 +143,15 @@ def check_options(options: RequestOptions, profile: ModelProfile, *, stream: boo
         )
     if options.video_fps is not None and options.video_fps <= 0:
         raise UnsupportedInputError(f"video_fps must be > 0 (got {options.video_fps}).")
-    if options.video_num_frames is not None:
-        limit = profile.max_video_frames or MAX_VIDEO_FRAMES
-        if not 1 <= options.video_num_frames <= limit:
-            raise UnsupportedInputError(
-                f"video_num_frames must be between 1 and {limit} for {model} "
-                f"(got {options.video_num_frames})."
-            )
+    _check_ranges(options, profile)
     sampling = options.video_fps is not None or options.video_num_frames is not None
     if sampling and profile.video_sampling is False:
         raise UnsupportedInputError(
             f"{model} does not take video sampling settings (video_fps / video_num_frames); "
             "remove them."
         )
-    if options.max_num_tiles is not None:
-        if options.max_num_tiles < 1:
-            raise UnsupportedInputError(
-                f"max_num_tiles must be >= 1 (got {options.max_num_tiles})."
-            )
-        if profile.tiles is False:
-            raise UnsupportedInputError(f"{model} does not take max_num_tiles; remove it.")
+    if options.max_num_tiles is not None and profile.tiles is False:
+        raise UnsupportedInputError(f"{model} does not take max_num_tiles; remove it.")
     if options.reasoning is not None and not profile.can_reason:
         raise UnsupportedInputError(
             f"{model} cannot switch reasoning on or off; leave reasoning=None."
@@ -180,20 +179,25 @@ def check_options(options: RequestOptions, profile: ModelProfile, *, stream: boo
                 f"tool_choice={options.tool_choice!r} names no bound tool; "
                 f"bound tools: {names or 'none'}."
             )
-    for name, (lo, hi) in profile.param_ranges.items():
+
+
+def _check_ranges(options: RequestOptions, profile: ModelProfile) -> None:
+    """Every numeric setting against its range: the model's own where its profile has
+    one (named in the message), else the range every request obeys."""
+    own = {**profile.param_ranges, "video_num_frames": (1, profile.max_video_frames)}
+    ranges = [(name, lo, hi, f" for {profile.model}") for name, (lo, hi) in own.items()]
+    ranges += [(name, lo, hi, "") for name, (lo, hi) in WIRE_RANGES.items() if name not in own]
+    for name, lo, hi, where in ranges:
         value = getattr(options, name, None)
         if value is None:
             value = options.extra.get(name)
-        if value is not None and not lo <= value <= hi:
-            raise UnsupportedInputError(
-                f"{name} must be between {_num(lo)} and {_num(hi)} for {model} (got {value})."
-            )
-    if options.max_tokens is not None and options.max_tokens < 1:
-        raise UnsupportedInputError(f"max_tokens must be >= 1 (got {options.max_tokens}).")
-    if options.temperature is not None and options.temperature < 0:
-        raise UnsupportedInputError(f"temperature must be >= 0 (got {options.temperature}).")
-    if options.top_p is not None and not 0 <= options.top_p <= 1:
-        raise UnsupportedInputError(f"top_p must be between 0 and 1 (got {options.top_p}).")
+        if value is None or lo <= value <= hi:
+            continue
+        if math.isinf(hi):
+            raise UnsupportedInputError(f"{name} must be >= {_num(lo)}{where} (got {value}).")
+        raise UnsupportedInputError(
+            f"{name} must be between {_num(lo)} and {_num(hi)}{where} (got {value})."
+        )
 
 
 def _num(x: float) -> str:

@@ -69,8 +69,9 @@ class ModelProfile:
     video_sampling: bool | None = None
     """``media_io_kwargs.video.fps|num_frames`` are understood. ``None`` (default):
     not known, so the settings pass through; ``False``: they are refused."""
-    max_video_frames: int | None = None
-    """Upper bound for ``num_frames`` (and fps x duration) when known."""
+    max_video_frames: int = 128
+    """Upper bound for ``video_num_frames``. Default 128, the one limit a seed states
+    (seeds/nim-nemotron-nano-12b-v2-vl.md: "a maximum of 128 frames per video")."""
     tiles: bool | None = None
     """``mm_processor_kwargs.max_num_tiles`` is understood. ``None`` (default): not
     known, so the setting passes through; ``False``: it is refused."""
