@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from typing_extensions import assert_never
+
 from nemovlm.errors import UnsupportedInputError
 from nemovlm.media import MediaPolicy, PreparedMedia, prepare_media
 from nemovlm.messages import (
@@ -124,10 +126,12 @@ def prepare(
             tool_choice=options.tool_choice,
             json_schema=options.json_schema if json_mode == "prompt" else None,
         )
-    else:
+    elif profile.tools == "native":
         work = _map_tool_media(work, profile)
         if json_mode == "prompt":
             work = _map_prompt_protocol(work, json_schema=options.json_schema)
+    else:
+        assert_never(profile.tools)
 
     has_video = any(m.kind == "video" for t in work for m in t.media)
     work, params = _map_reasoning(work, options, profile, has_video=has_video)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
+from typing_extensions import assert_never
+
 Backend = Literal["nim", "fal"]
 ReasoningSwitch = Literal["system_think", "chat_template_thinking", "fal_reasoning_mode"]
 ToolMode = Literal["native", "prompt"]
@@ -283,4 +285,6 @@ def get_profile(
         base = replace(GENERIC, model=model, name=model, backend=backend)
         if backend == "fal":
             base = replace(base, tools="prompt", sampling_params=frozenset())
+        elif backend != "nim":
+            assert_never(backend)
     return base.with_overrides(overrides)

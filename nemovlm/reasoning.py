@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from typing_extensions import assert_never
+
 from nemovlm.errors import UnsupportedInputError
 from nemovlm.messages import TextPart, Turn
 from nemovlm.options import RequestOptions
@@ -70,6 +72,8 @@ def _map_reasoning(
             params["chat_template_kwargs"] = {"thinking": False}
     elif profile.reasoning == "fal_reasoning_mode":
         params["reasoning_mode"] = "think" if options.reasoning else "no_think"
+    else:
+        assert_never(profile.reasoning)
     return turns, params
 
 

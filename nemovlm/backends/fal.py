@@ -37,6 +37,7 @@ from typing import Any, Literal
 import fal_client
 import httpx
 from pydantic import SecretStr
+from typing_extensions import assert_never
 
 from nemovlm.backends._loops import PerLoop
 from nemovlm.errors import (
@@ -135,8 +136,10 @@ class QueueUpdate:
             head = f"{where}: queued at position {self.position}"
         elif self.status == "in_progress":
             head = f"{where}: in progress"
-        else:
+        elif self.status == "completed":
             head = f"{where}: completed"
+        else:
+            assert_never(self.status)
         return "\n".join([head, *(f"  log: {line}" for line in self.logs)])
 
 

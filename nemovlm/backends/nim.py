@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic import SecretStr
+from typing_extensions import assert_never
 
 from nemovlm.backends._loops import PerLoop
 from nemovlm.errors import (
@@ -291,8 +292,10 @@ def _map_messages(turns: list[PreparedTurn], options: RequestOptions) -> list[di
             )
         elif turn.role == "system":
             messages.append({"role": "system", "content": turn.text})
-        else:
+        elif turn.role == "user":
             messages.append({"role": "user", "content": _map_content(turn, options)})
+        else:
+            assert_never(turn.role)
     return messages
 
 
@@ -301,6 +304,8 @@ def _map_content(turn: PreparedTurn, options: RequestOptions) -> str | list[dict
         return turn.text
     if options.image_transport == "img_tag":
         return _map_tagged_text(turn)
+    if options.image_transport != "parts":
+        assert_never(options.image_transport)
     parts: list[dict[str, Any]] = []
     for part in turn.parts:
         if isinstance(part, TextPart):
@@ -308,8 +313,10 @@ def _map_content(turn: PreparedTurn, options: RequestOptions) -> str | list[dict
                 parts.append({"type": "text", "text": part.text})
         elif part.kind == "image":
             parts.append({"type": "image_url", "image_url": {"url": part.as_url()}})
-        else:
+        elif part.kind == "video":
             parts.append({"type": "video_url", "video_url": {"url": part.as_url()}})
+        else:
+            assert_never(part.kind)
     return parts
 
 
