@@ -1,6 +1,6 @@
 """Reasoning: switching it on the wire, and splitting it out of what comes back.
 
-Out: ``_map_reasoning`` turns ``RequestOptions.reasoning`` into the model's own switch
+Out: ``map_reasoning`` turns ``RequestOptions.reasoning`` into the model's own switch
 (``/think`` in the system prompt, ``chat_template_kwargs``, fal ``reasoning_mode``),
 as the profile's ``reasoning`` field says.
 
@@ -45,7 +45,7 @@ def reasoning_enabled(
     return profile.reasoning_default
 
 
-def _map_reasoning(
+def map_reasoning(
     turns: list[Turn], options: RequestOptions, profile: ModelProfile, *, has_video: bool
 ) -> tuple[list[Turn], dict[str, Any]]:
     """The turns and the extra wire parameters that switch reasoning as asked."""

@@ -29,7 +29,7 @@ from nemovlm.backends.nim import (
     _map_messages,
     _process_chunk,
     _process_completion,
-    _StreamState,
+    _StreamProgress,
 )
 from nemovlm.errors import IncompleteResponseError, UnsupportedInputError
 from nemovlm.media import MediaPolicy, media_from_string, prepare_media
@@ -48,7 +48,7 @@ from nemovlm.options import RequestOptions
 from nemovlm.pipeline import ReplyProcessor, assemble_reply, prepare, process_whole
 from nemovlm.profiles import get_profile
 from nemovlm.samples import make_image, make_mp4
-from nemovlm.tools import _process_tool_reply
+from nemovlm.tools import process_tool_reply
 
 GENERIC = get_profile("acme/plain-openai-vlm")
 NANO12 = get_profile("nvidia/nemotron-nano-12b-v2-vl")
@@ -240,7 +240,7 @@ def test_the_nim_chunk_mapper_and_the_completion_mapper_agree(
     whole = process_whole(_process_completion(completion, "m"), whole_processor)
 
     processor = ReplyProcessor(tools=TOOLS, expect_reasoning=expect_reasoning)
-    state = _StreamState()
+    state = _StreamProgress()
     deltas = [state.feed(_process_chunk(c, "m"), processor) for c in _chunks(completion, size)]
     streamed = assemble_reply([*deltas, state.finish(processor, "m")])
 
@@ -500,7 +500,7 @@ def test_a_fal_result_of_any_shape_is_mapped_or_refused_as_incomplete(
 @FAST
 @given(st.text(max_size=60) | _tool_reply | _broken_reply.map(str))
 def test_a_prompt_protocol_reply_of_any_text_never_raises(text: str) -> None:
-    visible, calls, invalid = _process_tool_reply(text, TOOLS)
+    visible, calls, invalid = process_tool_reply(text, TOOLS)
     assert all(c.name in {t.name for t in TOOLS} for c in calls)
     assert visible == text or not visible
 
