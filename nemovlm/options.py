@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -52,10 +52,6 @@ class RequestOptions:
     max_num_tiles: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Backend-specific parameters, passed through after the backend validates them."""
-
-    def merged(self, **changes: Any) -> RequestOptions:
-        """A copy with the non-``None`` values of ``changes`` applied."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
 _FIELDS = frozenset(

@@ -323,11 +323,6 @@ class ReplyProcessor:
         return ""
 
 
-def process_whole(raw: Delta, processor: ReplyProcessor) -> Reply:
-    """A whole (non-streamed) reply through the same per-chunk processor."""
-    return assemble_reply([processor.feed(raw), processor.finish()])
-
-
 def assemble_reply(deltas: Iterable[Delta]) -> Reply:
     """Fold processed deltas into one ``Reply``."""
     text: list[str] = []

@@ -45,7 +45,7 @@ from nemovlm.messages import (
     Turn,
 )
 from nemovlm.options import RequestOptions
-from nemovlm.pipeline import ReplyProcessor, assemble_reply, prepare, process_whole
+from nemovlm.pipeline import ReplyProcessor, assemble_reply, prepare
 from nemovlm.profiles import get_profile
 from nemovlm.samples import make_image, make_mp4
 from nemovlm.tools import process_tool_reply
@@ -61,6 +61,11 @@ TOOLS = (WEATHER, ToolSpec("search", "", {"type": "object", "properties": {}}))
 FAST = settings(max_examples=150, deadline=None)
 
 # --- helpers -----------------------------------------------------------------------------
+
+
+def whole_reply(raw: Delta, processor: ReplyProcessor) -> Reply:
+    """A reply that came whole, processed as both backends do: one chunk, then finish."""
+    return assemble_reply([processor.feed(raw), processor.finish()])
 
 
 def cut(text: str, points: list[int]) -> list[str]:
@@ -142,7 +147,7 @@ def test_any_chunking_of_a_reply_gives_the_same_reply_as_the_whole(
             expect_reasoning=expect_reasoning,
         )
 
-    whole = process_whole(Delta(text=text), processor())
+    whole = whole_reply(Delta(text=text), processor())
     streamed = processor()
     deltas = [streamed.feed(Delta(text=piece)) for piece in cut(text, points)]
     assert essence(assemble_reply([*deltas, streamed.finish()])) == essence(whole)
@@ -163,7 +168,7 @@ def lone_closing_tag(text: str) -> bool:
 )
 def test_a_lone_closing_tag_splits_the_same_streamed_or_whole_when_not_expected() -> None:
     text = "the user wants a number</think>42"
-    whole = process_whole(Delta(text=text), ReplyProcessor())
+    whole = whole_reply(Delta(text=text), ReplyProcessor())
     streamed = ReplyProcessor()
     deltas = [streamed.feed(Delta(text=piece)) for piece in cut(text, [3])]
     assert essence(assemble_reply([*deltas, streamed.finish()])) == essence(whole)
@@ -237,7 +242,7 @@ def test_the_nim_chunk_mapper_and_the_completion_mapper_agree(
     assume(expect_reasoning or not lone_closing_tag(content or ""))
     completion = _completion(content, reasoning, calls)
     whole_processor = ReplyProcessor(tools=TOOLS, expect_reasoning=expect_reasoning)
-    whole = process_whole(_process_completion(completion, "m"), whole_processor)
+    whole = whole_reply(_process_completion(completion, "m"), whole_processor)
 
     processor = ReplyProcessor(tools=TOOLS, expect_reasoning=expect_reasoning)
     state = _StreamProgress()
@@ -466,7 +471,7 @@ def test_a_stream_chunk_of_any_shape_is_mapped_or_refused_as_incomplete(chunk: A
 def test_a_completion_of_any_shape_is_mapped_or_refused_as_incomplete(completion: Any) -> None:
     processor = ReplyProcessor(tools=TOOLS)
     try:
-        process_whole(_process_completion(completion, "m"), processor)
+        whole_reply(_process_completion(completion, "m"), processor)
     except IncompleteResponseError:
         pass
 
@@ -492,7 +497,7 @@ def test_a_fal_result_of_any_shape_is_mapped_or_refused_as_incomplete(
     result: Any, profile: Any
 ) -> None:
     try:
-        process_whole(_process_result(result, profile, "req-1", {}), ReplyProcessor())
+        whole_reply(_process_result(result, profile, "req-1", {}), ReplyProcessor())
     except IncompleteResponseError:
         pass
 
