@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from numbers import Real
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -185,9 +186,14 @@ def _check_ranges(options: RequestOptions, profile: ModelProfile) -> None:
     ranges += [(name, lo, hi, "") for name, (lo, hi) in WIRE_RANGES.items() if name not in own]
     for name, lo, hi, where in ranges:
         value = getattr(options, name, None)
-        if value is None:
+        if value is None and where:
+            # A model's own parameters (diffusion steps...) arrive as extra arguments.
             value = options.extra.get(name)
-        if value is None or lo <= value <= hi:
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, Real):
+            raise UnsupportedInputError(f"{name} must be a number (got {value!r}).")
+        if lo <= float(value) <= hi:
             continue
         if math.isinf(hi):
             raise UnsupportedInputError(f"{name} must be >= {_num(lo)}{where} (got {value}).")

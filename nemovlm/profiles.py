@@ -279,7 +279,7 @@ def get_profile(
 ) -> ModelProfile:
     """The profile for ``model``: a known one, else a generic one for ``backend``
     (OpenAI-compatible on NIM; on fal, an app this package does not know yet, which
-    has no native tools)."""
+    has no native tools and takes no sampling settings until its profile says so)."""
     base = PROFILES.get(model)
     if base is None:
         base = replace(GENERIC, model=model, name=model, backend=backend)

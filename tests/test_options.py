@@ -62,3 +62,18 @@ def test_img_tag_refusal_says_how_to_switch_it_on(nim_url: str, wire: WireLog) -
     with pytest.raises(UnsupportedInputError, match=r"image_transport='parts'.*img_tag"):
         backend(NEW, nim_url).complete(ask_image(), RequestOptions(image_transport="img_tag"))
     assert wire.bodies() == []
+
+
+def test_a_setting_that_is_not_a_number_is_refused_by_name(nim_url: str, wire: WireLog) -> None:
+    llm = backend(NEW, nim_url, param_ranges={"threshold": (0.0, 1.0)})
+    with pytest.raises(UnsupportedInputError, match=r"threshold must be a number \(got 'high'\)"):
+        llm.complete(ask_image(), RequestOptions(extra={"threshold": "high"}))
+    assert wire.bodies() == []
+
+
+def test_a_profile_range_narrows_the_one_every_request_obeys(nim_url: str, wire: WireLog) -> None:
+    llm = backend(NEW, nim_url, param_ranges={"temperature": (0.0, 1.0)})
+    with pytest.raises(UnsupportedInputError, match=f"between 0 and 1 for {NEW} \\(got 1.5\\)"):
+        llm.complete(ask_image(), RequestOptions(temperature=1.5))
+    backend(NEW, nim_url).complete(ask_image(), RequestOptions(temperature=1.5))
+    assert wire.last()["temperature"] == 1.5
