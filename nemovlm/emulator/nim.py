@@ -59,6 +59,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as ASGIMessage
+from typing_extensions import assert_never
 
 from nemovlm.emulator.schema import Hint, SchemaError, hint_from_text, synthesize
 from nemovlm.media import read_video_info, sniff_format
@@ -784,6 +785,8 @@ def _process_reasoning(chat: _Chat, request: Request) -> None:
     elif rules.reasoning == "default_on":
         template = body.get("chat_template_kwargs")
         chat.reasoning = not (isinstance(template, dict) and template.get("thinking") is False)
+    elif rules.reasoning is not None:
+        assert_never(rules.reasoning)
 
 
 # --- reply out -----------------------------------------------------------------------
