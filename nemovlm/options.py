@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from numbers import Real
+from types import MappingProxyType
 from typing import Any, Literal
 
 from nemovlm.errors import UnsupportedInputError
@@ -17,7 +19,16 @@ from nemovlm.messages import ToolSpec
 from nemovlm.profiles import ModelProfile
 
 ImageTransport = Literal["parts", "img_tag"]
-MAX_VIDEO_FRAMES = 128  # seeds/nim-nemotron-nano-12b-v2-vl.md: "a maximum of 128 frames"
+WIRE_RANGES: Mapping[str, tuple[float, float]] = MappingProxyType(
+    {
+        "max_tokens": (1, math.inf),
+        "temperature": (0, math.inf),
+        "top_p": (0, 1),
+        "max_num_tiles": (1, math.inf),
+    }
+)
+"""Inclusive ranges every request obeys, whatever the model; a profile's
+``param_ranges`` (and ``max_video_frames``) narrow them for one model."""
 
 
 @dataclass(frozen=True)
@@ -42,10 +53,6 @@ class RequestOptions:
     max_num_tiles: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Backend-specific parameters, passed through after the backend validates them."""
-
-    def merged(self, **changes: Any) -> RequestOptions:
-        """A copy with the non-``None`` values of ``changes`` applied."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
 _FIELDS = frozenset(
@@ -133,26 +140,15 @@ def check_options(options: RequestOptions, profile: ModelProfile, *, stream: boo
         )
     if options.video_fps is not None and options.video_fps <= 0:
         raise UnsupportedInputError(f"video_fps must be > 0 (got {options.video_fps}).")
-    if options.video_num_frames is not None:
-        limit = profile.max_video_frames or MAX_VIDEO_FRAMES
-        if not 1 <= options.video_num_frames <= limit:
-            raise UnsupportedInputError(
-                f"video_num_frames must be between 1 and {limit} for {model} "
-                f"(got {options.video_num_frames})."
-            )
+    _check_ranges(options, profile)
     sampling = options.video_fps is not None or options.video_num_frames is not None
-    if sampling and not profile.video_sampling and profile.model in _known():
+    if sampling and profile.video_sampling is False:
         raise UnsupportedInputError(
             f"{model} does not take video sampling settings (video_fps / video_num_frames); "
             "remove them."
         )
-    if options.max_num_tiles is not None:
-        if options.max_num_tiles < 1:
-            raise UnsupportedInputError(
-                f"max_num_tiles must be >= 1 (got {options.max_num_tiles})."
-            )
-        if not profile.tiles and profile.model in _known():
-            raise UnsupportedInputError(f"{model} does not take max_num_tiles; remove it.")
+    if options.max_num_tiles is not None and profile.tiles is False:
+        raise UnsupportedInputError(f"{model} does not take max_num_tiles; remove it.")
     if options.reasoning is not None and not profile.can_reason:
         raise UnsupportedInputError(
             f"{model} cannot switch reasoning on or off; leave reasoning=None."
@@ -170,7 +166,8 @@ def check_options(options: RequestOptions, profile: ModelProfile, *, stream: boo
     if options.image_transport == "img_tag" and not profile.img_tag:
         raise UnsupportedInputError(
             f"image_transport='img_tag' is only for models that read <img> tags in text "
-            f"({_img_tag_models()}); {model} needs image_transport='parts'."
+            f"(their profile says img_tag=True); {model} needs image_transport='parts', or "
+            "profile_overrides={'img_tag': True} if its server does read <img> tags."
         )
     if options.tool_choice not in (None, "auto", "none", "required"):
         names = [t.name for t in options.tools]
@@ -179,33 +176,31 @@ def check_options(options: RequestOptions, profile: ModelProfile, *, stream: boo
                 f"tool_choice={options.tool_choice!r} names no bound tool; "
                 f"bound tools: {names or 'none'}."
             )
-    for name, (lo, hi) in profile.param_ranges.items():
+
+
+def _check_ranges(options: RequestOptions, profile: ModelProfile) -> None:
+    """Every numeric setting against its range: the model's own where its profile has
+    one (named in the message), else the range every request obeys."""
+    own = {**profile.param_ranges, "video_num_frames": (1, profile.max_video_frames)}
+    ranges = [(name, lo, hi, f" for {profile.model}") for name, (lo, hi) in own.items()]
+    ranges += [(name, lo, hi, "") for name, (lo, hi) in WIRE_RANGES.items() if name not in own]
+    for name, lo, hi, where in ranges:
         value = getattr(options, name, None)
-        if value is None:
+        if value is None and where:
+            # A model's own parameters (diffusion steps...) arrive as extra arguments.
             value = options.extra.get(name)
-        if value is not None and not lo <= value <= hi:
-            raise UnsupportedInputError(
-                f"{name} must be between {_num(lo)} and {_num(hi)} for {model} (got {value})."
-            )
-    if options.max_tokens is not None and options.max_tokens < 1:
-        raise UnsupportedInputError(f"max_tokens must be >= 1 (got {options.max_tokens}).")
-    if options.temperature is not None and options.temperature < 0:
-        raise UnsupportedInputError(f"temperature must be >= 0 (got {options.temperature}).")
-    if options.top_p is not None and not 0 <= options.top_p <= 1:
-        raise UnsupportedInputError(f"top_p must be between 0 and 1 (got {options.top_p}).")
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, Real):
+            raise UnsupportedInputError(f"{name} must be a number (got {value!r}).")
+        if lo <= float(value) <= hi:
+            continue
+        if math.isinf(hi):
+            raise UnsupportedInputError(f"{name} must be >= {_num(lo)}{where} (got {value}).")
+        raise UnsupportedInputError(
+            f"{name} must be between {_num(lo)} and {_num(hi)}{where} (got {value})."
+        )
 
 
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
-
-
-def _known() -> frozenset[str]:
-    from nemovlm.profiles import PROFILES
-
-    return frozenset(PROFILES)
-
-
-def _img_tag_models() -> str:
-    from nemovlm.profiles import PROFILES
-
-    return ", ".join(p.model for p in PROFILES.values() if p.img_tag)

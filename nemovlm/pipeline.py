@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from typing_extensions import assert_never
+
 from nemovlm.errors import UnsupportedInputError
 from nemovlm.media import MediaPolicy, PreparedMedia, prepare_media
 from nemovlm.messages import (
@@ -36,12 +38,12 @@ from nemovlm.messages import (
 )
 from nemovlm.options import RequestOptions, check_options
 from nemovlm.profiles import ModelProfile
-from nemovlm.reasoning import ThinkSplitter, _map_reasoning, reasoning_enabled
+from nemovlm.reasoning import ThinkSplitter, map_reasoning, reasoning_enabled
 from nemovlm.tools import (
     ToolCallAccumulator,
-    _map_prompt_protocol,
-    _process_tool_reply,
     looks_like_json_reply,
+    map_prompt_protocol,
+    process_tool_reply,
     strip_code_fence,
 )
 
@@ -118,19 +120,21 @@ def prepare(
         json_mode = "native" if profile.json_schema else "prompt"
     if profile.tools == "prompt":
         # Without native tools the wire has no tool role: history goes in as text.
-        work = _map_prompt_protocol(
+        work = map_prompt_protocol(
             work,
             tools=options.tools if prompt_tools else (),
             tool_choice=options.tool_choice,
             json_schema=options.json_schema if json_mode == "prompt" else None,
         )
-    else:
+    elif profile.tools == "native":
         work = _map_tool_media(work, profile)
         if json_mode == "prompt":
-            work = _map_prompt_protocol(work, json_schema=options.json_schema)
+            work = map_prompt_protocol(work, json_schema=options.json_schema)
+    else:
+        assert_never(profile.tools)
 
     has_video = any(m.kind == "video" for t in work for m in t.media)
-    work, params = _map_reasoning(work, options, profile, has_video=has_video)
+    work, params = map_reasoning(work, options, profile, has_video=has_video)
 
     prepared = [_prepare_turn(t, profile, policy) for t in work]
     _check_media_counts(prepared, profile)
@@ -286,7 +290,7 @@ class ReplyProcessor:
             held = "".join(self._hold or ())
             self._hold = None
             if self.prompt_tools:
-                out.text, out.tool_calls, out.invalid_tool_calls = _process_tool_reply(
+                out.text, out.tool_calls, out.invalid_tool_calls = process_tool_reply(
                     held, self.tools
                 )
                 if self.prompt_json and out.text:
@@ -317,11 +321,6 @@ class ReplyProcessor:
             self._hold = None
             return head
         return ""
-
-
-def process_whole(raw: Delta, processor: ReplyProcessor) -> Reply:
-    """A whole (non-streamed) reply through the same per-chunk processor."""
-    return assemble_reply([processor.feed(raw), processor.finish()])
 
 
 def assemble_reply(deltas: Iterable[Delta]) -> Reply:

@@ -10,14 +10,36 @@ release.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
+from typing_extensions import assert_never
+
 Backend = Literal["nim", "fal"]
 ReasoningSwitch = Literal["system_think", "chat_template_thinking", "fal_reasoning_mode"]
 ToolMode = Literal["native", "prompt"]
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """A diffusion decoder's step schedule (seeds/fal-nemotron-diffusion-vlm.md): the
+    answer is decoded in ``max_tokens / block_length`` blocks (a partial last block
+    still takes one), and ``num_inference_steps`` must be a multiple of that block
+    count, at least one step per block. Its upper bound is in ``param_ranges``."""
+
+    default_steps: int = 256
+    """Steps the app uses when none are sent; the core rounds it up to fit the rule."""
+    default_block_length: int = 32
+    """``block_length`` the app uses when none is sent."""
+    alias: str | None = "inference_steps"
+    """Another name the app accepts for ``num_inference_steps``."""
+
+    def blocks(self, max_tokens: int, block_length: int) -> int:
+        """Blocks in the schedule; a partial last block still takes a block."""
+        return math.ceil(max_tokens / block_length)
 
 
 @dataclass(frozen=True)
@@ -46,12 +68,15 @@ class ModelProfile:
     """Videos per request; ``None`` (default) is no limit."""
     requires: Literal["image", "video"] | None = None
     """A medium every request must carry (fal endpoints)."""
-    video_sampling: bool = False
-    """``media_io_kwargs.video.fps|num_frames`` are understood."""
-    max_video_frames: int | None = None
-    """Upper bound for ``num_frames`` (and fps x duration) when known."""
-    tiles: bool = False
-    """``mm_processor_kwargs.max_num_tiles`` is understood."""
+    video_sampling: bool | None = None
+    """``media_io_kwargs.video.fps|num_frames`` are understood. ``None`` (default):
+    not known, so the settings pass through; ``False``: they are refused."""
+    max_video_frames: int = 128
+    """Upper bound for ``video_num_frames``. Default 128, the one limit a seed states
+    (seeds/nim-nemotron-nano-12b-v2-vl.md: "a maximum of 128 frames per video")."""
+    tiles: bool | None = None
+    """``mm_processor_kwargs.max_num_tiles`` is understood. ``None`` (default): not
+    known, so the setting passes through; ``False``: it is refused."""
     tile_size: int | None = None
     """Side of one image tile in pixels, when the model tiles images."""
     max_tiles: int | None = None
@@ -82,7 +107,24 @@ class ModelProfile:
     price_per_1k_tokens: float | None = None
     """USD per 1000 tokens (input + output), when the seller publishes one."""
     param_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
-    """Inclusive ranges of numeric request parameters, checked before sending."""
+    """Inclusive ranges of numeric request parameters, checked before sending; they
+    narrow the ranges every request obeys (``nemovlm.options.WIRE_RANGES``)."""
+    default_max_tokens: int | None = None
+    """``max_tokens`` the server uses when none is sent; ``None`` (default): unknown."""
+
+    # --- the request's own fields (fal apps) -------------------------------------
+    sampling_params: frozenset[str] = frozenset({"seed", "temperature", "top_p"})
+    """Generic sampling settings the server takes; fal refuses the rest before sending.
+    Default: OpenAI's (``seed``, ``temperature``, ``top_p``); an unknown fal app: none."""
+    media_field: str | None = None
+    """The argument the one image or video goes in (``image_url``). ``None`` (default):
+    ``<requires>_url`` when the app requires a medium, else no media argument."""
+    system_field: str | None = None
+    """The argument system text goes in (``system_prompt``). ``None`` (default): it is
+    rendered at the top of the one prompt."""
+    step_schedule: StepSchedule | None = None
+    """The diffusion step rule the core applies to ``num_inference_steps``; ``None``
+    (default): the model has none."""
 
     @property
     def accepts_images(self) -> bool:
@@ -131,6 +173,8 @@ PROFILES: Mapping[str, ModelProfile] = MappingProxyType(
                 video_formats=_NONE,
                 images_first=True,  # "put the image before any text part"
                 img_tag=True,  # "Text-only support": <img src=...> in text content
+                video_sampling=False,
+                tiles=False,
                 tools="prompt",  # not in NIM's tool-calling list
                 # Model card: 512x512 tiles, up to 12 per image (+ thumbnail).
                 tile_size=512,
@@ -162,6 +206,8 @@ PROFILES: Mapping[str, ModelProfile] = MappingProxyType(
                 name="DiffusionGemma 26B A4B IT",
                 image_formats=frozenset({"gif", "jpeg", "png"}),
                 video_formats=_MP4,
+                video_sampling=False,
+                tiles=False,
                 reasoning="chat_template_thinking",
                 reasoning_default=True,  # "It is turned on by default"
                 include_reasoning_param=True,
@@ -178,6 +224,8 @@ PROFILES: Mapping[str, ModelProfile] = MappingProxyType(
                 video_formats=_NONE,
                 max_images=1,
                 requires="image",
+                video_sampling=False,
+                tiles=False,
                 tools="prompt",
                 max_output_tokens=8192,
                 price_per_1k_tokens=0.005,
@@ -188,6 +236,10 @@ PROFILES: Mapping[str, ModelProfile] = MappingProxyType(
                     "block_length": (8, 128),
                     "threshold": (0.0, 1.0),
                 },
+                default_max_tokens=512,
+                sampling_params=frozenset(),  # the schema has no seed/temperature/top_p
+                media_field="image_url",
+                step_schedule=StepSchedule(),  # 256 steps, block_length 32
             ),
             # seeds/fal-nemotron-3-nano-omni-video.md
             ModelProfile(
@@ -200,6 +252,8 @@ PROFILES: Mapping[str, ModelProfile] = MappingProxyType(
                 requires="video",
                 max_video_seconds=120.0,  # "max 2 minutes"
                 max_video_height=1080,  # "up to 1080p"
+                video_sampling=False,
+                tiles=False,
                 reasoning="fal_reasoning_mode",
                 reasoning_default=False,  # reasoning_mode defaults to no_think
                 tools="prompt",
@@ -210,6 +264,10 @@ PROFILES: Mapping[str, ModelProfile] = MappingProxyType(
                     "temperature": (0.0, 2.0),
                     "top_p": (0.0, 1.0),
                 },
+                default_max_tokens=1024,
+                sampling_params=frozenset({"temperature", "top_p"}),
+                media_field="video_url",
+                system_field="system_prompt",
             ),
         )
     }
@@ -221,10 +279,12 @@ def get_profile(
 ) -> ModelProfile:
     """The profile for ``model``: a known one, else a generic one for ``backend``
     (OpenAI-compatible on NIM; on fal, an app this package does not know yet, which
-    has no native tools)."""
+    has no native tools and takes no sampling settings until its profile says so)."""
     base = PROFILES.get(model)
     if base is None:
         base = replace(GENERIC, model=model, name=model, backend=backend)
         if backend == "fal":
-            base = replace(base, tools="prompt")
+            base = replace(base, tools="prompt", sampling_params=frozenset())
+        elif backend != "nim":
+            assert_never(backend)
     return base.with_overrides(overrides)

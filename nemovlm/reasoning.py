@@ -1,6 +1,6 @@
 """Reasoning: switching it on the wire, and splitting it out of what comes back.
 
-Out: ``_map_reasoning`` turns ``RequestOptions.reasoning`` into the model's own switch
+Out: ``map_reasoning`` turns ``RequestOptions.reasoning`` into the model's own switch
 (``/think`` in the system prompt, ``chat_template_kwargs``, fal ``reasoning_mode``),
 as the profile's ``reasoning`` field says.
 
@@ -18,6 +18,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from typing_extensions import assert_never
 
 from nemovlm.errors import UnsupportedInputError
 from nemovlm.messages import TextPart, Turn
@@ -43,7 +45,7 @@ def reasoning_enabled(
     return profile.reasoning_default
 
 
-def _map_reasoning(
+def map_reasoning(
     turns: list[Turn], options: RequestOptions, profile: ModelProfile, *, has_video: bool
 ) -> tuple[list[Turn], dict[str, Any]]:
     """The turns and the extra wire parameters that switch reasoning as asked."""
@@ -70,6 +72,8 @@ def _map_reasoning(
             params["chat_template_kwargs"] = {"thinking": False}
     elif profile.reasoning == "fal_reasoning_mode":
         params["reasoning_mode"] = "think" if options.reasoning else "no_think"
+    else:
+        assert_never(profile.reasoning)
     return turns, params
 
 

@@ -1,6 +1,6 @@
 """Tool calling: native OpenAI tools, and a prompt protocol for models without them.
 
-Native (``profile.tools == "native"``): ``_map_tool`` gives OpenAI ``tools`` entries;
+Native (``profile.tools == "native"``): ``map_tool`` gives OpenAI ``tools`` entries;
 streamed argument fragments are joined by ``ToolCallAccumulator``; arguments that are
 not a JSON object become ``InvalidToolCall``s, never exceptions.
 
@@ -9,7 +9,7 @@ the system prompt as JSON between ``<tools>`` tags, with the choice in
 ``<tool_choice>``; the model is asked to reply with only
 ``{"tool_calls": [{"name": ..., "arguments": {...}}]}`` when it calls tools. Earlier
 calls and their results are rendered as text (``<tool_result>`` blocks in a user
-turn), so any chat model can run an agent loop. ``_process_tool_reply`` parses the
+turn), so any chat model can run an agent loop. ``process_tool_reply`` parses the
 reply back. Structured output without ``response_format`` support uses the same idea
 with a ``<json_schema>`` block.
 """
@@ -41,7 +41,7 @@ def new_tool_call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 
 
-def _map_tool(spec: ToolSpec) -> dict[str, Any]:
+def map_tool(spec: ToolSpec) -> dict[str, Any]:
     return {
         "type": "function",
         "function": {
@@ -52,7 +52,7 @@ def _map_tool(spec: ToolSpec) -> dict[str, Any]:
     }
 
 
-def _map_tool_choice(choice: str | None) -> str | dict[str, Any] | None:
+def map_tool_choice(choice: str | None) -> str | dict[str, Any] | None:
     if choice is None or choice in ("auto", "none", "required"):
         return choice
     return {"type": "function", "function": {"name": choice}}
@@ -172,7 +172,7 @@ def _render_schema_prompt(schema: Mapping[str, Any]) -> str:
     )
 
 
-def _map_prompt_protocol(
+def map_prompt_protocol(
     turns: list[Turn],
     *,
     tools: Sequence[ToolSpec] = (),
@@ -248,7 +248,7 @@ def looks_like_json_reply(head: str) -> bool | None:
     return False
 
 
-def _process_tool_reply(
+def process_tool_reply(
     text: str, tools: Sequence[ToolSpec]
 ) -> tuple[str, list[ToolCall], list[InvalidToolCall]]:
     """Split a prompt-protocol reply into (text, tool calls, invalid tool calls)."""

@@ -20,13 +20,13 @@ from PIL import Image
 
 from nemovlm.emulator.fal import (
     BROKEN_TOOL_CALL,
-    DIFFUSION_APP,
-    OMNI_APP,
     FalEmulator,
     use_fal_emulator,
 )
 from nemovlm.samples import make_mp4
 
+DIFFUSION_APP = "fal-ai/nemotron-diffusion-vlm"
+OMNI_APP = "nvidia/nemotron-3-nano-omni/video"
 FAST = 0.01  # poll interval: the emulator is local
 
 

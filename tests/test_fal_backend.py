@@ -21,8 +21,6 @@ from PIL import Image
 from pydantic import SecretStr
 
 from nemovlm.backends.fal import (
-    DIFFUSION_VLM,
-    OMNI_VIDEO,
     FalBackend,
     QueueUpdate,
     report_queue_progress,
@@ -37,10 +35,12 @@ from nemovlm.errors import (
 )
 from nemovlm.messages import MediaPart, TextPart, ToolSpec, Turn
 from nemovlm.options import RequestOptions
-from nemovlm.profiles import get_profile
+from nemovlm.profiles import StepSchedule, get_profile
 from nemovlm.samples import make_image, make_mp4
 
 KEY = "fal-test-key-0123456789"
+DIFFUSION_VLM = "fal-ai/nemotron-diffusion-vlm"
+OMNI_VIDEO = "nvidia/nemotron-3-nano-omni/video"
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,8 @@ def emulator() -> Iterator[FalEmulator]:
         yield emu
 
 
-def backend(model: str, **kw: Any) -> FalBackend:
-    return FalBackend(get_profile(model), api_key=SecretStr(KEY), poll_interval=0.01, **kw)
+def backend(model: str, profile: dict[str, Any] | None = None, **kw: Any) -> FalBackend:
+    return FalBackend(get_profile(model, profile), api_key=SecretStr(KEY), poll_interval=0.01, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +218,14 @@ def test_diffusion_settings_out_of_range_are_refused_before_sending(
     assert len(emulator.state.requests) == count
 
 
+def test_the_default_steps_come_from_the_profiles_step_schedule(
+    emulator: FalEmulator,
+) -> None:
+    schedule = StepSchedule(default_steps=100, default_block_length=32)
+    backend(DIFFUSION_VLM, {"step_schedule": schedule}).complete(ask(), options())
+    assert sent(emulator)["num_inference_steps"] == 112  # 100 rounded up to 16 blocks
+
+
 def test_explicit_steps_that_break_the_rule_are_refused_naming_both_numbers(
     diffusion: FalBackend,
 ) -> None:
@@ -290,6 +298,25 @@ def test_omni_sends_system_text_as_system_prompt(omni: FalBackend, emulator: Fal
     assert sent(emulator)["system_prompt"] == "Be brief."
     assert sent(emulator)["prompt"] == "Summarise"
     assert sent(emulator)["video_url"].startswith("data:video/mp4;base64,")
+
+
+def test_system_text_tops_the_prompt_when_the_profile_names_no_system_field(
+    emulator: FalEmulator,
+) -> None:
+    omni = backend(OMNI_VIDEO, {"system_field": None})
+    omni.complete([Turn("system", [TextPart("Be brief.")]), *ask_video("Summarise")], options())
+    assert sent(emulator)["prompt"] == "Be brief.\n\nSummarise"
+    assert "system_prompt" not in sent(emulator)
+
+
+def test_sampling_settings_the_profile_does_not_list_are_refused_before_sending(
+    emulator: FalEmulator,
+) -> None:
+    count = len(emulator.state.requests)
+    omni = backend(OMNI_VIDEO, {"sampling_params": frozenset({"temperature"}), "param_ranges": {}})
+    with pytest.raises(UnsupportedInputError, match="takes no top_p; remove top_p"):
+        omni.complete(ask_video(), options(top_p=0.5))
+    assert len(emulator.state.requests) == count
 
 
 @pytest.mark.parametrize(("reasoning", "mode"), [(True, "think"), (False, "no_think")])

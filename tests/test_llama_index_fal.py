@@ -26,10 +26,12 @@ from pydantic import BaseModel, SecretStr
 
 from llama_index_nemovlm import NemoFal
 from nemovlm.backends.fal import QueueUpdate
-from nemovlm.emulator.fal import DIFFUSION_APP, OMNI_APP, FalEmulator, start_fal_emulator
+from nemovlm.emulator.fal import FalEmulator, start_fal_emulator
 from nemovlm.errors import MissingCredentialsError, RequestError, UnsupportedInputError
 from nemovlm.samples import make_image, make_mp4
 
+DIFFUSION_APP = "fal-ai/nemotron-diffusion-vlm"
+OMNI_APP = "nvidia/nemotron-3-nano-omni/video"
 PNG = make_image(64, 48, "png")
 MP4 = make_mp4(duration_s=2.0, width=64, height=48, fps=10)
 FAST = 0.01  # poll interval: the emulator is local

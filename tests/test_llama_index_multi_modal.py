@@ -15,7 +15,7 @@ from llama_index.core.schema import ImageDocument, ImageNode
 from pydantic import SecretStr
 
 from llama_index_nemovlm import NemoFalMultiModal, NemoVLM, NemoVLMMultiModal
-from nemovlm.emulator.fal import DIFFUSION_APP, FalEmulator, start_fal_emulator
+from nemovlm.emulator.fal import FalEmulator, start_fal_emulator
 from nemovlm.samples import make_image
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 LLAMA8 = "nvidia/llama-3.1-nemotron-nano-vl-8b-v1"
 NANO12 = "nvidia/nemotron-nano-12b-v2-vl"
+DIFFUSION_APP = "fal-ai/nemotron-diffusion-vlm"
 PNG = make_image(64, 48, "png")
 PNG_B64 = base64.b64encode(PNG).decode()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nemovlm.profiles import PROFILES, get_profile
+from nemovlm.profiles import PROFILES, StepSchedule, get_profile
 
 LLAMA8 = "nvidia/llama-3.1-nemotron-nano-vl-8b-v1"
 NANO12 = "nvidia/nemotron-nano-12b-v2-vl"
@@ -37,6 +37,45 @@ def test_profile_matches_its_seed(row: tuple) -> None:  # type: ignore[type-arg]
 
 def test_every_known_model_is_in_the_table() -> None:
     assert {r[0] for r in TABLE} == set(PROFILES)
+    assert {r[0] for r in WIRE_TABLE} == set(PROFILES) | {NEW_NIM, NEW_FAL}
+
+
+NEW_NIM, NEW_FAL = "acme/new-vlm", "acme/new-fal-app"
+SAMPLING = {"seed", "temperature", "top_p"}
+DIFFUSION_STEPS = StepSchedule(default_steps=256, default_block_length=32, alias="inference_steps")
+
+# The request's own fields and the tri-state rules (None: unknown, passed through).
+WIRE_TABLE = [
+    # model, media field, system field, sampling params, default max_tokens, step schedule,
+    # video sampling, tiles, max video frames
+    (LLAMA8, None, None, SAMPLING, None, None, False, False, 128),
+    (NANO12, None, None, SAMPLING, None, None, True, True, 128),
+    (GEMMA, None, None, SAMPLING, None, None, False, False, 128),
+    (DIFFUSION, "image_url", None, set(), 512, DIFFUSION_STEPS, False, False, 128),
+    (OMNI, "video_url", "system_prompt", {"temperature", "top_p"}, 1024, None, False, False, 128),
+    (NEW_NIM, None, None, SAMPLING, None, None, None, None, 128),
+    (NEW_FAL, None, None, set(), None, None, None, None, 128),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("row", WIRE_TABLE, ids=[r[0] for r in WIRE_TABLE])
+def test_profile_states_its_wire_fields(row: tuple) -> None:  # type: ignore[type-arg]
+    model, media, system, sampling, max_tokens, steps, video_sampling, tiles, frames = row
+    p = get_profile(model, backend="fal" if model == NEW_FAL else "nim")
+    assert (p.media_field, p.system_field) == (media, system)
+    assert set(p.sampling_params) == sampling
+    assert (p.default_max_tokens, p.step_schedule) == (max_tokens, steps)
+    assert (p.video_sampling, p.tiles, p.max_video_frames) == (video_sampling, tiles, frames)
+
+
+def test_diffusion_steps_range_up_to_1024_under_both_names() -> None:
+    ranges = get_profile(DIFFUSION).param_ranges
+    assert ranges["num_inference_steps"] == ranges["inference_steps"] == (1, 1024)
+
+
+def test_a_partial_last_diffusion_block_still_takes_a_block() -> None:
+    assert StepSchedule().blocks(max_tokens=512, block_length=32) == 16
+    assert StepSchedule().blocks(max_tokens=500, block_length=32) == 16
 
 
 def test_fal_limits_come_from_the_seeds() -> None:

@@ -10,7 +10,7 @@ from nemovlm.errors import UnsupportedInputError
 from nemovlm.messages import TextPart, Turn
 from nemovlm.options import RequestOptions
 from nemovlm.profiles import get_profile
-from nemovlm.reasoning import ThinkSplitter, _map_reasoning
+from nemovlm.reasoning import ThinkSplitter, map_reasoning
 
 NANO12 = get_profile("nvidia/nemotron-nano-12b-v2-vl")
 GEMMA = get_profile("google/diffusiongemma-26b-a4b-it")
@@ -30,43 +30,41 @@ def split_all(pieces: list[str], expect: bool = False) -> tuple[str, str]:
 
 
 def test_nano12_reasoning_on_adds_think_to_a_new_system_message() -> None:
-    turns, params = _map_reasoning(USER, RequestOptions(reasoning=True), NANO12, has_video=False)
+    turns, params = map_reasoning(USER, RequestOptions(reasoning=True), NANO12, has_video=False)
     assert turns[0].role == "system" and turns[0].text == "/think"
     assert params == {}
 
 
 def test_nano12_reasoning_on_keeps_the_users_system_prompt() -> None:
     turns = [Turn("system", [TextPart("Be brief.")]), *USER]
-    out, _ = _map_reasoning(turns, RequestOptions(reasoning=True), NANO12, has_video=False)
+    out, _ = map_reasoning(turns, RequestOptions(reasoning=True), NANO12, has_video=False)
     assert out[0].text == "/think\nBe brief."
     assert len(out) == 2
 
 
 def test_nano12_reasoning_off_sends_no_directive() -> None:
-    turns, params = _map_reasoning(USER, RequestOptions(reasoning=False), NANO12, has_video=False)
+    turns, params = map_reasoning(USER, RequestOptions(reasoning=False), NANO12, has_video=False)
     assert turns == USER and params == {}
 
 
 def test_nano12_refuses_reasoning_with_video() -> None:
     with pytest.raises(UnsupportedInputError, match="video"):
-        _map_reasoning(USER, RequestOptions(reasoning=True), NANO12, has_video=True)
+        map_reasoning(USER, RequestOptions(reasoning=True), NANO12, has_video=True)
 
 
 def test_diffusiongemma_reasoning_off_uses_chat_template_kwargs() -> None:
-    _, params = _map_reasoning(USER, RequestOptions(reasoning=False), GEMMA, has_video=False)
+    _, params = map_reasoning(USER, RequestOptions(reasoning=False), GEMMA, has_video=False)
     assert params == {"chat_template_kwargs": {"thinking": False}}
 
 
 def test_diffusiongemma_include_reasoning_false_is_sent() -> None:
-    _, params = _map_reasoning(
-        USER, RequestOptions(include_reasoning=False), GEMMA, has_video=False
-    )
+    _, params = map_reasoning(USER, RequestOptions(include_reasoning=False), GEMMA, has_video=False)
     assert params == {"include_reasoning": False}
 
 
 def test_omni_reasoning_maps_to_reasoning_mode() -> None:
-    _, on = _map_reasoning(USER, RequestOptions(reasoning=True), OMNI, has_video=True)
-    _, off = _map_reasoning(USER, RequestOptions(reasoning=False), OMNI, has_video=True)
+    _, on = map_reasoning(USER, RequestOptions(reasoning=True), OMNI, has_video=True)
+    _, off = map_reasoning(USER, RequestOptions(reasoning=False), OMNI, has_video=True)
     assert on == {"reasoning_mode": "think"} and off == {"reasoning_mode": "no_think"}
 
 
@@ -145,14 +143,14 @@ def test_a_think_in_the_users_own_system_prompt_counts_as_reasoning_on() -> None
 
 def test_reasoning_off_removes_a_think_left_in_the_system_prompt() -> None:
     turns = [Turn("system", [TextPart("/think\nBe brief.")]), *USER]
-    out, _ = _map_reasoning(turns, RequestOptions(reasoning=False), NANO12, has_video=False)
+    out, _ = map_reasoning(turns, RequestOptions(reasoning=False), NANO12, has_video=False)
     assert out[0].text == "Be brief."
     alone = [Turn("system", [TextPart("/think")]), *USER]
-    out, _ = _map_reasoning(alone, RequestOptions(reasoning=False), NANO12, has_video=False)
+    out, _ = map_reasoning(alone, RequestOptions(reasoning=False), NANO12, has_video=False)
     assert [t.role for t in out] == ["user"]
 
 
 def test_a_users_think_with_video_is_refused_before_sending() -> None:
     turns = [Turn("system", [TextPart("/think")]), *USER]
     with pytest.raises(UnsupportedInputError, match="video"):
-        _map_reasoning(turns, RequestOptions(), NANO12, has_video=True)
+        map_reasoning(turns, RequestOptions(), NANO12, has_video=True)

@@ -29,7 +29,7 @@ from nemovlm.backends.nim import (
     _map_messages,
     _process_chunk,
     _process_completion,
-    _StreamState,
+    _StreamProgress,
 )
 from nemovlm.errors import IncompleteResponseError, UnsupportedInputError
 from nemovlm.media import MediaPolicy, media_from_string, prepare_media
@@ -45,10 +45,10 @@ from nemovlm.messages import (
     Turn,
 )
 from nemovlm.options import RequestOptions
-from nemovlm.pipeline import ReplyProcessor, assemble_reply, prepare, process_whole
+from nemovlm.pipeline import ReplyProcessor, assemble_reply, prepare
 from nemovlm.profiles import get_profile
 from nemovlm.samples import make_image, make_mp4
-from nemovlm.tools import _process_tool_reply
+from nemovlm.tools import process_tool_reply
 
 GENERIC = get_profile("acme/plain-openai-vlm")
 NANO12 = get_profile("nvidia/nemotron-nano-12b-v2-vl")
@@ -61,6 +61,11 @@ TOOLS = (WEATHER, ToolSpec("search", "", {"type": "object", "properties": {}}))
 FAST = settings(max_examples=150, deadline=None)
 
 # --- helpers -----------------------------------------------------------------------------
+
+
+def whole_reply(raw: Delta, processor: ReplyProcessor) -> Reply:
+    """A reply that came whole, processed as both backends do: one chunk, then finish."""
+    return assemble_reply([processor.feed(raw), processor.finish()])
 
 
 def cut(text: str, points: list[int]) -> list[str]:
@@ -142,7 +147,7 @@ def test_any_chunking_of_a_reply_gives_the_same_reply_as_the_whole(
             expect_reasoning=expect_reasoning,
         )
 
-    whole = process_whole(Delta(text=text), processor())
+    whole = whole_reply(Delta(text=text), processor())
     streamed = processor()
     deltas = [streamed.feed(Delta(text=piece)) for piece in cut(text, points)]
     assert essence(assemble_reply([*deltas, streamed.finish()])) == essence(whole)
@@ -163,7 +168,7 @@ def lone_closing_tag(text: str) -> bool:
 )
 def test_a_lone_closing_tag_splits_the_same_streamed_or_whole_when_not_expected() -> None:
     text = "the user wants a number</think>42"
-    whole = process_whole(Delta(text=text), ReplyProcessor())
+    whole = whole_reply(Delta(text=text), ReplyProcessor())
     streamed = ReplyProcessor()
     deltas = [streamed.feed(Delta(text=piece)) for piece in cut(text, [3])]
     assert essence(assemble_reply([*deltas, streamed.finish()])) == essence(whole)
@@ -237,10 +242,10 @@ def test_the_nim_chunk_mapper_and_the_completion_mapper_agree(
     assume(expect_reasoning or not lone_closing_tag(content or ""))
     completion = _completion(content, reasoning, calls)
     whole_processor = ReplyProcessor(tools=TOOLS, expect_reasoning=expect_reasoning)
-    whole = process_whole(_process_completion(completion, "m"), whole_processor)
+    whole = whole_reply(_process_completion(completion, "m"), whole_processor)
 
     processor = ReplyProcessor(tools=TOOLS, expect_reasoning=expect_reasoning)
-    state = _StreamState()
+    state = _StreamProgress()
     deltas = [state.feed(_process_chunk(c, "m"), processor) for c in _chunks(completion, size)]
     streamed = assemble_reply([*deltas, state.finish(processor, "m")])
 
@@ -466,7 +471,7 @@ def test_a_stream_chunk_of_any_shape_is_mapped_or_refused_as_incomplete(chunk: A
 def test_a_completion_of_any_shape_is_mapped_or_refused_as_incomplete(completion: Any) -> None:
     processor = ReplyProcessor(tools=TOOLS)
     try:
-        process_whole(_process_completion(completion, "m"), processor)
+        whole_reply(_process_completion(completion, "m"), processor)
     except IncompleteResponseError:
         pass
 
@@ -492,7 +497,7 @@ def test_a_fal_result_of_any_shape_is_mapped_or_refused_as_incomplete(
     result: Any, profile: Any
 ) -> None:
     try:
-        process_whole(_process_result(result, profile, "req-1", {}), ReplyProcessor())
+        whole_reply(_process_result(result, profile, "req-1", {}), ReplyProcessor())
     except IncompleteResponseError:
         pass
 
@@ -500,7 +505,7 @@ def test_a_fal_result_of_any_shape_is_mapped_or_refused_as_incomplete(
 @FAST
 @given(st.text(max_size=60) | _tool_reply | _broken_reply.map(str))
 def test_a_prompt_protocol_reply_of_any_text_never_raises(text: str) -> None:
-    visible, calls, invalid = _process_tool_reply(text, TOOLS)
+    visible, calls, invalid = process_tool_reply(text, TOOLS)
     assert all(c.name in {t.name for t in TOOLS} for c in calls)
     assert visible == text or not visible
 

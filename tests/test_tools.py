@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from nemovlm.messages import TextPart, ToolCall, ToolCallChunk, ToolSpec, Turn
 from nemovlm.tools import (
     ToolCallAccumulator,
-    _map_prompt_protocol,
-    _map_tool_choice,
-    _process_tool_reply,
+    map_prompt_protocol,
+    map_tool_choice,
+    process_tool_reply,
 )
 
 WEATHER = ToolSpec(
@@ -23,11 +23,11 @@ WEATHER = ToolSpec(
 
 
 def test_tool_choice_name_becomes_a_function_choice() -> None:
-    assert _map_tool_choice("get_weather") == {
+    assert map_tool_choice("get_weather") == {
         "type": "function",
         "function": {"name": "get_weather"},
     }
-    assert _map_tool_choice("required") == "required"
+    assert map_tool_choice("required") == "required"
 
 
 def test_streamed_argument_fragments_join_into_one_call() -> None:
@@ -48,7 +48,7 @@ def test_unparseable_arguments_become_an_invalid_tool_call() -> None:
 
 
 def test_prompt_protocol_puts_tools_and_choice_in_the_system_turn() -> None:
-    turns = _map_prompt_protocol(
+    turns = map_prompt_protocol(
         [Turn("user", [TextPart("weather?")])], tools=[WEATHER], tool_choice="get_weather"
     )
     system = turns[0].text
@@ -59,7 +59,7 @@ def test_prompt_protocol_puts_tools_and_choice_in_the_system_turn() -> None:
 
 
 def test_prompt_protocol_renders_history_as_text() -> None:
-    turns = _map_prompt_protocol(
+    turns = map_prompt_protocol(
         [
             Turn("user", [TextPart("weather?")]),
             Turn("assistant", tool_calls=[ToolCall("c1", "get_weather", {"city": "Oslo"})]),
@@ -75,7 +75,7 @@ def test_prompt_protocol_renders_history_as_text() -> None:
 
 
 def test_prompt_reply_with_tool_calls_parses_into_calls() -> None:
-    text, calls, invalid = _process_tool_reply(
+    text, calls, invalid = process_tool_reply(
         '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]}', [WEATHER]
     )
     assert text == "" and not invalid
@@ -84,21 +84,21 @@ def test_prompt_reply_with_tool_calls_parses_into_calls() -> None:
 
 def test_prompt_reply_in_a_code_fence_still_parses() -> None:
     reply = '```json\n{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Rome"}}]}\n```'
-    _, calls, _ = _process_tool_reply(reply, [WEATHER])
+    _, calls, _ = process_tool_reply(reply, [WEATHER])
     assert calls[0].arguments == {"city": "Rome"}
 
 
 def test_prompt_reply_in_plain_text_stays_text() -> None:
-    assert _process_tool_reply("It is sunny.", [WEATHER]) == ("It is sunny.", [], [])
+    assert process_tool_reply("It is sunny.", [WEATHER]) == ("It is sunny.", [], [])
 
 
 def test_prompt_reply_that_does_not_parse_is_an_invalid_call_not_a_crash() -> None:
-    text, calls, invalid = _process_tool_reply('{"tool_calls": [{"name": "get_w', [WEATHER])
+    text, calls, invalid = process_tool_reply('{"tool_calls": [{"name": "get_w', [WEATHER])
     assert not calls and invalid and text
 
 
 def test_prompt_reply_naming_an_unknown_tool_is_invalid() -> None:
-    _, calls, invalid = _process_tool_reply(
+    _, calls, invalid = process_tool_reply(
         '{"tool_calls": [{"name": "launch", "arguments": {}}]}', [WEATHER]
     )
     assert not calls and "launch" in invalid[0].error

@@ -37,6 +37,7 @@ from typing import Any, Literal
 import fal_client
 import httpx
 from pydantic import SecretStr
+from typing_extensions import assert_never
 
 from nemovlm.backends._loops import PerLoop
 from nemovlm.errors import (
@@ -51,64 +52,20 @@ from nemovlm.media import MediaPolicy, PreparedMedia
 from nemovlm.messages import Delta, Reply, Turn, Usage
 from nemovlm.options import RequestOptions
 from nemovlm.pipeline import PreparedConversation, PreparedTurn, aprepare, assemble_reply, prepare
-from nemovlm.profiles import ModelProfile
+from nemovlm.profiles import ModelProfile, StepSchedule
 
 logger = logging.getLogger(__name__)
 
-DIFFUSION_VLM = "fal-ai/nemotron-diffusion-vlm"
-OMNI_VIDEO = "nvidia/nemotron-3-nano-omni/video"
 UPLOAD_THRESHOLD_BYTES = 1_000_000
 """Media bytes above this go up with ``fal_client.upload`` instead of inline base64."""
 MIN_TIMEOUT_S = 1.0  # fal-client refuses a server-side start timeout of 1 s or less
 
 
-# --- the apps' wire shapes ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FalWire:
-    """How one fal app names its inputs (seeds/fal-*.md), beyond what the profile says."""
-
-    media_field: str | None = None
-    """Where the one image or video goes (``image_url`` / ``video_url``)."""
-    system_field: str | None = None
-    """Where system text goes; ``None``: it is rendered at the top of the prompt."""
-    default_max_tokens: int | None = None
-    step_rule: bool = False
-    """The diffusion decoding schedule: ``num_inference_steps`` must be a multiple of
-    ``max_tokens / block_length`` blocks (seeds/fal-nemotron-diffusion-vlm.md)."""
-    sampling: frozenset[str] = frozenset()
-    """Generic sampling options the app documents (``temperature``, ``top_p``)."""
-
-
-_WIRES: Mapping[str, FalWire] = {
-    DIFFUSION_VLM: FalWire(media_field="image_url", default_max_tokens=512, step_rule=True),
-    OMNI_VIDEO: FalWire(
-        media_field="video_url",
-        system_field="system_prompt",
-        default_max_tokens=1024,
-        sampling=frozenset({"temperature", "top_p"}),
-    ),
-}
-# seeds/fal-nemotron-diffusion-vlm.md: defaults and the alias of num_inference_steps.
-DEFAULT_STEPS = 256
-DEFAULT_BLOCK_LENGTH = 32
-STEPS_ALIAS = "inference_steps"
-MAX_STEPS = 1024
-
-
-def fal_wire(profile: ModelProfile) -> FalWire:
-    """The wire shape of ``profile``'s app; an unknown app gets its medium from the
-    profile's ``requires`` and no quirks."""
-    known = _WIRES.get(profile.model)
-    if known is not None:
-        return known
-    return FalWire(media_field=f"{profile.requires}_url" if profile.requires else None)
-
-
-def diffusion_blocks(max_tokens: int, block_length: int) -> int:
-    """Blocks in the diffusion schedule; a partial last block still takes a block."""
-    return math.ceil(max_tokens / block_length)
+def _media_field(profile: ModelProfile) -> str | None:
+    """Where the one image or video goes: the profile's field, else ``<requires>_url``."""
+    if profile.media_field is not None:
+        return profile.media_field
+    return f"{profile.requires}_url" if profile.requires else None
 
 
 # --- credentials -----------------------------------------------------------------------
@@ -132,7 +89,8 @@ def with_diffusion_settings(
         "threshold": threshold,
     }
     defaults = {k: v for k, v in fields.items() if v is not None}
-    if "inference_steps" in options.extra:
+    # The adapters' call names no model; the alias is the diffusion app's (profiles).
+    if StepSchedule.alias in options.extra:
         defaults.pop("num_inference_steps", None)
     return replace(options, extra={**defaults, **options.extra})
 
@@ -178,8 +136,10 @@ class QueueUpdate:
             head = f"{where}: queued at position {self.position}"
         elif self.status == "in_progress":
             head = f"{where}: in progress"
-        else:
+        elif self.status == "completed":
             head = f"{where}: completed"
+        else:
+            assert_never(self.status)
         return "\n".join([head, *(f"  log: {line}" for line in self.logs)])
 
 
@@ -297,10 +257,6 @@ class FalBackend:
         if self.poll_interval <= 0:
             raise UnsupportedInputError(f"poll_interval must be > 0 (got {self.poll_interval}).")
 
-    @property
-    def wire(self) -> FalWire:
-        return fal_wire(self.profile)
-
     # --- clients ----------------------------------------------------------------
 
     @property
@@ -408,26 +364,25 @@ class FalBackend:
     def _map_arguments(
         self, prepared: PreparedConversation, options: RequestOptions
     ) -> tuple[dict[str, Any], _Upload | None]:
-        wire = self.wire
-        prompt, system = _map_prompt(prepared.turns, wire, self.profile)
+        profile = self.profile
+        prompt, system = _map_prompt(prepared.turns, profile)
         arguments: dict[str, Any] = {"prompt": prompt}
         if system:
-            assert wire.system_field is not None
-            arguments[wire.system_field] = system
+            assert profile.system_field is not None
+            arguments[profile.system_field] = system
         upload: _Upload | None = None
         media = prepared.images + prepared.videos
-        if media and wire.media_field:
-            url, upload = _plan_media(media[0], wire.media_field, self.upload_threshold_bytes)
+        media_field = _media_field(profile)
+        if media and media_field:
+            url, upload = _plan_media(media[0], media_field, self.upload_threshold_bytes)
             if url is not None:
-                arguments[wire.media_field] = url
+                arguments[media_field] = url
         arguments.update(prepared.params)
-        arguments.update(_map_params(options, wire, self.profile))
+        arguments.update(_map_params(options, profile))
         return arguments, upload
 
 
-def _map_prompt(
-    turns: list[PreparedTurn], wire: FalWire, profile: ModelProfile
-) -> tuple[str, str | None]:
+def _map_prompt(turns: list[PreparedTurn], profile: ModelProfile) -> tuple[str, str | None]:
     """The conversation as the app's one prompt (and system prompt, where it has one)."""
     system = "\n\n".join(t.text.strip() for t in turns if t.role == "system" and t.text.strip())
     rest = [t for t in turns if t.role != "system"]
@@ -437,7 +392,7 @@ def _map_prompt(
         # Earlier turns become a transcript the model reads as context.
         labels = {"user": "User", "assistant": "Assistant", "tool": "Tool result"}
         prompt = "\n\n".join(f"{labels[t.role]}: {t.text.strip()}" for t in rest if t.text.strip())
-    if system and wire.system_field is None:
+    if system and profile.system_field is None:
         prompt = f"{system}\n\n{prompt}" if prompt else system
         system = ""
     if not prompt:
@@ -465,12 +420,10 @@ def _plan_media(
     return media.as_url(), None
 
 
-def _map_params(options: RequestOptions, wire: FalWire, profile: ModelProfile) -> dict[str, Any]:
+def _map_params(options: RequestOptions, profile: ModelProfile) -> dict[str, Any]:
     model = profile.model
-    if options.seed is not None:
-        raise UnsupportedInputError(f"{model} on fal takes no seed; remove seed.")
-    for name in ("temperature", "top_p"):
-        documented = name in wire.sampling or name in profile.param_ranges
+    for name in ("seed", "temperature", "top_p"):
+        documented = name in profile.sampling_params or name in profile.param_ranges
         if getattr(options, name) is not None and not documented:
             raise UnsupportedInputError(f"{model} on fal takes no {name}; remove {name}.")
     params: dict[str, Any] = {}
@@ -479,43 +432,46 @@ def _map_params(options: RequestOptions, wire: FalWire, profile: ModelProfile) -
         if value is not None:
             params[name] = value
     extra = dict(options.extra)
-    if wire.step_rule:
-        extra = _map_steps(extra, options.max_tokens or wire.default_max_tokens or 512, model)
+    schedule = profile.step_schedule
+    if schedule is not None:
+        max_tokens = options.max_tokens or profile.default_max_tokens or 512
+        extra = _map_steps(extra, max_tokens, schedule, profile)
     params.update(extra)
     return params
 
 
-def _map_steps(extra: dict[str, Any], max_tokens: int, model: str) -> dict[str, Any]:
-    """Apply the diffusion step rule: an explicit ``num_inference_steps`` (or its alias
-    ``inference_steps``) must be a multiple of the block count, at least one step per
-    block; when omitted, the default is rounded up to the nearest such multiple."""
-    block_length = extra.get("block_length", DEFAULT_BLOCK_LENGTH)
-    blocks = diffusion_blocks(max_tokens, block_length)
+def _map_steps(
+    extra: dict[str, Any], max_tokens: int, schedule: StepSchedule, profile: ModelProfile
+) -> dict[str, Any]:
+    """Apply the diffusion step rule: an explicit ``num_inference_steps`` (or its alias)
+    must be a multiple of the block count, at least one step per block; when omitted,
+    the default is rounded up to the nearest such multiple. The range itself was checked
+    with the other options (``param_ranges``)."""
+    model = profile.model
+    block_length = extra.get("block_length", schedule.default_block_length)
+    blocks = schedule.blocks(max_tokens, block_length)
     steps = extra.pop("num_inference_steps", None)
-    alias = extra.pop(STEPS_ALIAS, None)
-    if steps is not None and alias is not None and steps != alias:
+    alias = schedule.alias
+    aliased = extra.pop(alias, None) if alias else None
+    if steps is not None and aliased is not None and steps != aliased:
         raise UnsupportedInputError(
-            f"num_inference_steps={steps} and its alias {STEPS_ALIAS}={alias} disagree; "
+            f"num_inference_steps={steps} and its alias {alias}={aliased} disagree; "
             "set only num_inference_steps."
         )
-    name = "num_inference_steps" if steps is not None else STEPS_ALIAS
-    steps = steps if steps is not None else alias
+    name = "num_inference_steps" if steps is not None or alias is None else alias
+    steps = steps if steps is not None else aliased
     if steps is None:
-        steps = math.ceil(DEFAULT_STEPS / blocks) * blocks
-    else:
-        if not 1 <= steps <= MAX_STEPS:
-            raise UnsupportedInputError(
-                f"{name} must be between 1 and {MAX_STEPS} for {model} (got {steps})."
-            )
-        if steps < blocks or steps % blocks:
-            nearest = max(blocks, math.ceil(steps / blocks) * blocks)
-            hint = f" such as {nearest}" if nearest <= MAX_STEPS else ""
-            raise UnsupportedInputError(
-                f"{name}={steps} does not fit the diffusion schedule of {model}: with "
-                f"max_tokens={max_tokens} and block_length={block_length} there are "
-                f"{blocks} blocks, so the steps must be a multiple of {blocks} (at least "
-                f"{blocks}). Pick a multiple{hint}, or change max_tokens or block_length."
-            )
+        steps = math.ceil(schedule.default_steps / blocks) * blocks
+    elif steps < blocks or steps % blocks:
+        nearest = max(blocks, math.ceil(steps / blocks) * blocks)
+        most = profile.param_ranges.get("num_inference_steps", (1, math.inf))[1]
+        hint = f" such as {nearest}" if nearest <= most else ""
+        raise UnsupportedInputError(
+            f"{name}={steps} does not fit the diffusion schedule of {model}: with "
+            f"max_tokens={max_tokens} and block_length={block_length} there are "
+            f"{blocks} blocks, so the steps must be a multiple of {blocks} (at least "
+            f"{blocks}). Pick a multiple{hint}, or change max_tokens or block_length."
+        )
     extra["num_inference_steps"] = steps
     return extra
 
@@ -662,14 +618,9 @@ def _server_message(exc: fal_client.FalClientHTTPError) -> str:
 
 
 __all__ = [
-    "DIFFUSION_VLM",
-    "OMNI_VIDEO",
     "UPLOAD_THRESHOLD_BYTES",
     "FalBackend",
-    "FalWire",
     "QueueUpdate",
-    "diffusion_blocks",
-    "fal_wire",
     "report_queue_progress",
     "resolve_fal_key",
 ]

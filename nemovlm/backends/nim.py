@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic import SecretStr
+from typing_extensions import assert_never
 
 from nemovlm.backends._loops import PerLoop
 from nemovlm.errors import (
@@ -50,7 +51,7 @@ from nemovlm.pipeline import (
     prepare,
 )
 from nemovlm.profiles import ModelProfile
-from nemovlm.tools import _map_tool, _map_tool_choice
+from nemovlm.tools import map_tool, map_tool_choice
 
 if TYPE_CHECKING:
     # Imported where a request is made: ``import openai`` takes longer than the rest
@@ -186,7 +187,7 @@ class NIMBackend:
     def stream(self, turns: Sequence[Turn], options: RequestOptions) -> Iterator[Delta]:
         prepared = prepare(turns, options, self.profile, self.policy, stream=True)
         request = self._map_request(prepared, options, stream=True)
-        state = _StreamState()
+        state = _StreamProgress()
         with _converted_errors(self.profile.model, self.timeout, state):
             chunks = self.client.post(
                 _PATH, body=request, cast_to=object, stream=True, stream_cls=_stream_classes()[0]
@@ -202,7 +203,7 @@ class NIMBackend:
     async def astream(self, turns: Sequence[Turn], options: RequestOptions) -> AsyncIterator[Delta]:
         prepared = await aprepare(turns, options, self.profile, self.policy, stream=True)
         request = self._map_request(prepared, options, stream=True)
-        state = _StreamState()
+        state = _StreamProgress()
         with _converted_errors(self.profile.model, self.timeout, state):
             achunks = await self.async_client.post(
                 _PATH, body=request, cast_to=object, stream=True, stream_cls=_stream_classes()[1]
@@ -238,9 +239,9 @@ class NIMBackend:
         if options.stop:
             request["stop"] = list(options.stop)
         if prepared.native_tools:
-            request["tools"] = [_map_tool(t) for t in options.tools]
+            request["tools"] = [map_tool(t) for t in options.tools]
             if options.tool_choice is not None:
-                request["tool_choice"] = _map_tool_choice(options.tool_choice)
+                request["tool_choice"] = map_tool_choice(options.tool_choice)
         if prepared.json_mode == "native" and options.json_schema is not None:
             request["response_format"] = {
                 "type": "json_schema",
@@ -291,8 +292,10 @@ def _map_messages(turns: list[PreparedTurn], options: RequestOptions) -> list[di
             )
         elif turn.role == "system":
             messages.append({"role": "system", "content": turn.text})
-        else:
+        elif turn.role == "user":
             messages.append({"role": "user", "content": _map_content(turn, options)})
+        else:
+            assert_never(turn.role)
     return messages
 
 
@@ -301,6 +304,8 @@ def _map_content(turn: PreparedTurn, options: RequestOptions) -> str | list[dict
         return turn.text
     if options.image_transport == "img_tag":
         return _map_tagged_text(turn)
+    if options.image_transport != "parts":
+        assert_never(options.image_transport)
     parts: list[dict[str, Any]] = []
     for part in turn.parts:
         if isinstance(part, TextPart):
@@ -308,8 +313,10 @@ def _map_content(turn: PreparedTurn, options: RequestOptions) -> str | list[dict
                 parts.append({"type": "text", "text": part.text})
         elif part.kind == "image":
             parts.append({"type": "image_url", "image_url": {"url": part.as_url()}})
-        else:
+        elif part.kind == "video":
             parts.append({"type": "video_url", "video_url": {"url": part.as_url()}})
+        else:
+            assert_never(part.kind)
     return parts
 
 
@@ -454,7 +461,7 @@ def _shape_checked(model: str) -> Iterator[None]:
 
 
 @dataclass
-class _StreamState:
+class _StreamProgress:
     """Whether a stream has begun and whether the model said it was done."""
 
     started: bool = False
@@ -503,7 +510,7 @@ _HTTP_TIMEOUTS = ("TimeoutException",)
 
 @contextmanager
 def _converted_errors(
-    model: str, timeout: float | None, stream: _StreamState | None = None
+    model: str, timeout: float | None, stream: _StreamProgress | None = None
 ) -> Iterator[None]:
     """SDK and transport errors -> ``nemovlm.errors``, keeping status, id and message."""
     import openai

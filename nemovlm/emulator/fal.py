@@ -64,7 +64,7 @@ import tempfile
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -85,8 +85,6 @@ FaultKind = Literal["failed", "422", "slow", "bad_json", "429"]
 FAULT_KINDS: tuple[FaultKind, ...] = ("failed", "422", "slow", "bad_json", "429")
 BROKEN_TOOL_CALL = '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Par'
 EMULATOR_TAG = "[nemovlm emulator]"
-DIFFUSION_APP = "fal-ai/nemotron-diffusion-vlm"
-OMNI_APP = "nvidia/nemotron-3-nano-omni/video"
 
 _FAULT_MARKER = re.compile(r"\[emulator-fault:(failed|422|slow|bad_json)\]")
 _TOOLS = re.compile(r"<tools>\s*(.*?)\s*</tools>", re.DOTALL)
@@ -369,7 +367,7 @@ def _echo(prompt: str) -> str:
     return f"{prompt[:300]!r} ... {prompt[-200:]!r}"
 
 
-def _run_diffusion(arguments: Any, state: FalEmulatorState) -> dict[str, Any]:
+def _run_diffusion(app: str, arguments: Any, state: FalEmulatorState) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         args = _DiffusionInput.model_validate(arguments)
@@ -399,7 +397,7 @@ def _run_diffusion(arguments: Any, state: FalEmulatorState) -> dict[str, Any]:
     seen = _describe_image(_load_media(args.image_url, state))
     preprocessed = time.perf_counter()
     output = _protocol_reply(args.prompt) or (
-        f"{EMULATOR_TAG} {DIFFUSION_APP} saw {seen}; prompt: {_echo(args.prompt)}"
+        f"{EMULATOR_TAG} {app} saw {seen}; prompt: {_echo(args.prompt)}"
     )
     if _tokens(output) > args.max_tokens:
         output = output[: args.max_tokens * 4]
@@ -425,7 +423,7 @@ def _run_diffusion(arguments: Any, state: FalEmulatorState) -> dict[str, Any]:
     }
 
 
-def _run_omni(arguments: Any, state: FalEmulatorState) -> dict[str, Any]:
+def _run_omni(app: str, arguments: Any, state: FalEmulatorState) -> dict[str, Any]:
     try:
         args = _OmniInput.model_validate(arguments)
     except ValidationError as exc:
@@ -435,7 +433,7 @@ def _run_omni(arguments: Any, state: FalEmulatorState) -> dict[str, Any]:
     answer = _protocol_reply(f"{system}\n{args.prompt}")
     if answer is None:
         steer = f"; system prompt: {_echo(system)}" if system else ""
-        answer = f"{EMULATOR_TAG} {OMNI_APP} saw {seen}{steer}; prompt: {_echo(args.prompt)}"
+        answer = f"{EMULATOR_TAG} {app} saw {seen}{steer}; prompt: {_echo(args.prompt)}"
     output = answer
     if args.reasoning_mode == "think":
         thought = (
@@ -456,9 +454,19 @@ def _run_omni(arguments: Any, state: FalEmulatorState) -> dict[str, Any]:
     }
 
 
-_APPS: dict[str, Callable[[Any, FalEmulatorState], dict[str, Any]]] = {
-    DIFFUSION_APP: _run_diffusion,
-    OMNI_APP: _run_omni,
+@dataclass(frozen=True)
+class _App:
+    """One emulated fal app: how it runs, and what its runner logs while it works."""
+
+    run: Callable[[str, Any, FalEmulatorState], dict[str, Any]]
+    work_log: str
+
+
+# The emulator's own table of the apps it serves, from shared/seeds/fal-*.md (not from
+# nemovlm.profiles, so a wrong client profile fails a test instead of being mirrored).
+_APPS: Mapping[str, _App] = {
+    "fal-ai/nemotron-diffusion-vlm": _App(_run_diffusion, "decoding"),
+    "nvidia/nemotron-3-nano-omni/video": _App(_run_omni, "reading the video"),
 }
 
 
@@ -471,7 +479,7 @@ def _run_app(app: str, arguments: Any, fault: FaultKind | None, state: FalEmulat
         )
     if fault == "422":
         raise _unprocessable([_detail("prompt", f"{EMULATOR_TAG} injected validation error.")])
-    result = _APPS[app](arguments, state)
+    result = _APPS[app].run(app, arguments, state)
     if fault == "bad_json":
         result["output"] = BROKEN_TOOL_CALL
     return result
@@ -593,7 +601,7 @@ def _advance(record: _QueuedRequest, state: FalEmulatorState) -> None:
     if record.started_at is None:
         record.started_at = time.monotonic()
         _log(record, f"runner picked up request {record.request_id} for {record.app}")
-        _log(record, "decoding" if record.app == DIFFUSION_APP else "reading the video")
+        _log(record, _APPS[record.app].work_log)
         return
     if record.fault == "slow":
         if time.monotonic() - record.started_at < state.settings.slow_seconds:
@@ -947,11 +955,9 @@ def aim_fal_client(url: str, ca_bundle: Path | str) -> Callable[[], None]:
 
 
 __all__ = [
-    "DIFFUSION_APP",
     "BROKEN_TOOL_CALL",
     "EMULATOR_TAG",
     "FAULT_KINDS",
-    "OMNI_APP",
     "FalEmulator",
     "FalEmulatorSettings",
     "FalEmulatorState",

@@ -59,15 +59,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as ASGIMessage
+from typing_extensions import assert_never
 
 from nemovlm.emulator.schema import Hint, SchemaError, hint_from_text, synthesize
 from nemovlm.media import read_video_info, sniff_format
 
 __all__ = [
-    "DIFFUSION_GEMMA",
     "GENERIC_RULES",
-    "NANO_12B",
-    "NANO_VL_8B",
     "RULES",
     "ModelRules",
     "create_nim_app",
@@ -75,9 +73,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-NANO_VL_8B = "nvidia/llama-3.1-nemotron-nano-vl-8b-v1"
-NANO_12B = "nvidia/nemotron-nano-12b-v2-vl"
-DIFFUSION_GEMMA = "google/diffusiongemma-26b-a4b-it"
 
 ReasoningStyle = Literal["think_tags", "closing_tag_only", "reasoning_content", "reasoning"]
 _STYLES: tuple[ReasoningStyle, ...] = (
@@ -120,7 +115,7 @@ _MP4 = frozenset({"mp4"})
 RULES: Mapping[str, ModelRules] = {
     # seeds/nim-llama-3.1-nemotron-nano-vl-8b-v1.md: "JPG, JPEG and PNG", the <img> text
     # fallback, replies with reasoning_content null and tool_calls [], no tool calling.
-    NANO_VL_8B: ModelRules(
+    "nvidia/llama-3.1-nemotron-nano-vl-8b-v1": ModelRules(
         image_formats=_JPEG_PNG,
         video_formats=frozenset(),
         native_tools=False,
@@ -130,7 +125,7 @@ RULES: Mapping[str, ModelRules] = {
     ),
     # seeds/nim-nemotron-nano-12b-v2-vl.md: JPG/JPEG/PNG, video, "/think" in the system
     # prompt, "For video inputs, reasoning is not supported".
-    NANO_12B: ModelRules(
+    "nvidia/nemotron-nano-12b-v2-vl": ModelRules(
         image_formats=_JPEG_PNG,
         video_formats=_MP4,
         reasoning="system_think",
@@ -138,7 +133,7 @@ RULES: Mapping[str, ModelRules] = {
     ),
     # seeds/nim-diffusiongemma-26b-a4b-it.md: GIF/JPG/JPEG/PNG, MP4, reasoning on by
     # default in message.reasoning, include_reasoning false not for streaming.
-    DIFFUSION_GEMMA: ModelRules(
+    "google/diffusiongemma-26b-a4b-it": ModelRules(
         image_formats=frozenset({"gif", "jpeg", "png"}),
         video_formats=_MP4,
         reasoning="default_on",
@@ -453,7 +448,7 @@ def _map_status_fault(request: Request, name: str) -> Response:
 async def _process_chat(body: dict[str, Any], request: Request) -> _Chat:
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise _BadRequest("'model' is required: the model id, e.g. " + repr(NANO_12B) + ".")
+        raise _BadRequest(f"'model' is required: the model id, one of {sorted(RULES)}.")
     rules = RULES.get(model, GENERIC_RULES)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -790,6 +785,8 @@ def _process_reasoning(chat: _Chat, request: Request) -> None:
     elif rules.reasoning == "default_on":
         template = body.get("chat_template_kwargs")
         chat.reasoning = not (isinstance(template, dict) and template.get("thinking") is False)
+    elif rules.reasoning is not None:
+        assert_never(rules.reasoning)
 
 
 # --- reply out -----------------------------------------------------------------------
