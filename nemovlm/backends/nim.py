@@ -37,6 +37,7 @@ from nemovlm.errors import (
     RateLimitError,
     RequestError,
     RequestTimeoutError,
+    openai_classes,
 )
 from nemovlm.media import MediaPolicy, PreparedMedia
 from nemovlm.messages import Delta, Reply, TextPart, ToolCallChunk, Turn, Usage
@@ -502,6 +503,7 @@ _HTTP_TIMEOUTS = ("TimeoutException",)
 
 
 @contextmanager
+@openai_classes
 def _converted_errors(
     model: str, timeout: float | None, stream: _StreamState | None = None
 ) -> Iterator[None]:

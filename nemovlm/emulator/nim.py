@@ -163,6 +163,12 @@ _IMG_TAG = re.compile(r"""<img\s+src\s*=\s*(?:"([^"]*)"|'([^']*)')\s*/?>""", re.
 _TOOL_RESULT = re.compile(r"<tool_result([^>]*)>(.*?)</tool_result>", re.DOTALL)
 _ATTRIBUTE = re.compile(r'(\w+)="([^"]*)"')
 _STATUS_FAULTS = {
+    "400": (400, "BadRequestError", "bad request"),
+    "401": (401, "AuthenticationError", "not authenticated"),
+    "403": (403, "PermissionDeniedError", "permission denied"),
+    "404": (404, "NotFoundError", "not found"),
+    "409": (409, "ConflictError", "conflict"),
+    "422": (422, "UnprocessableEntityError", "unprocessable entity"),
     "429": (429, "RateLimitError", "rate limited"),
     "503": (503, "ServiceUnavailableError", "service unavailable"),
     "500": (500, "InternalServerError", "internal server error"),
