@@ -29,6 +29,7 @@ from nemovlm.messages import (
     Reply,
     Role,
     TextPart,
+    TokenLogprob,
     ToolCall,
     ToolSpec,
     Turn,
@@ -114,7 +115,7 @@ def prepare(
 
     prompt_tools = profile.tools == "prompt" and bool(options.tools)
     json_mode: Literal["native", "prompt"] | None = None
-    if options.json_schema is not None:
+    if options.json_schema is not None or options.json_mode:
         json_mode = "native" if profile.json_schema else "prompt"
     if profile.tools == "prompt":
         # Without native tools the wire has no tool role: history goes in as text.
@@ -123,11 +124,14 @@ def prepare(
             tools=options.tools if prompt_tools else (),
             tool_choice=options.tool_choice,
             json_schema=options.json_schema if json_mode == "prompt" else None,
+            json_object=json_mode == "prompt" and options.json_mode,
         )
     else:
         work = _map_tool_media(work, profile)
         if json_mode == "prompt":
-            work = _map_prompt_protocol(work, json_schema=options.json_schema)
+            work = _map_prompt_protocol(
+                work, json_schema=options.json_schema, json_object=options.json_mode
+            )
 
     has_video = any(m.kind == "video" for t in work for m in t.media)
     work, params = _map_reasoning(work, options, profile, has_video=has_video)
@@ -275,6 +279,7 @@ class ReplyProcessor:
             model=raw.model,
             response_id=raw.response_id,
             metadata=raw.metadata,
+            logprobs=raw.logprobs,
         )
 
     def finish(self) -> Delta:
@@ -333,7 +338,11 @@ def assemble_reply(deltas: Iterable[Delta]) -> Reply:
     invalid: list[InvalidToolCall] = []
     reply = Reply()
     usage: Usage | None = None
+    logprobs: list[TokenLogprob] | None = None
     for d in deltas:
+        if d.logprobs is not None:
+            logprobs = logprobs if logprobs is not None else []
+            logprobs.extend(d.logprobs)
         text.append(d.text)
         reasoning.append(d.reasoning)
         for chunk in d.tool_call_chunks:
@@ -353,4 +362,5 @@ def assemble_reply(deltas: Iterable[Delta]) -> Reply:
     reply.tool_calls = streamed_calls + calls
     reply.invalid_tool_calls = streamed_invalid + invalid
     reply.usage = usage
+    reply.logprobs = logprobs
     return reply

@@ -1,11 +1,13 @@
 """Idioms users bring from the ``openai`` SDK, ``ChatOpenAI`` and ``OpenAILike``, at the
 core: the NIM backend over real HTTP to the emulator (adapters build on these).
 
-Grouped as: errors are also the SDK's; ...
+Grouped as: errors are also the SDK's; several choices and logprobs; extra_body;
+JSON mode; strict tools; reasoning=False everywhere.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
 import socket
 from collections.abc import Iterator
@@ -24,9 +26,10 @@ from nemovlm.errors import (
     RequestError,
     RequestTimeoutError,
 )
-from nemovlm.messages import MediaPart, TextPart, Turn
-from nemovlm.options import RequestOptions
+from nemovlm.messages import MediaPart, TextPart, ToolSpec, Turn
+from nemovlm.options import RequestOptions, build_options
 from nemovlm.profiles import get_profile
+from tests.conftest import WireLog
 
 NANO_8B = "nvidia/llama-3.1-nemotron-nano-vl-8b-v1"
 NANO_12B = "nvidia/nemotron-nano-12b-v2-vl"
@@ -179,3 +182,282 @@ def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+WEATHER = ToolSpec(
+    "get_weather",
+    "Weather for a city",
+    {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+)
+
+
+# --- the emulator takes what vLLM takes ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sdk(nim_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=nim_url, api_key="x", max_retries=0)
+
+
+def test_the_emulator_answers_n_choices_each_its_own(sdk: openai.OpenAI) -> None:
+    completion = sdk.chat.completions.create(
+        model=NANO_12B, messages=[{"role": "user", "content": "count me"}], n=3
+    )
+    assert [c.index for c in completion.choices] == [0, 1, 2]
+    texts = [c.message.content or "" for c in completion.choices]
+    assert all("[nemovlm emulator]" in t and "text: count me" in t for t in texts)
+    assert [t.splitlines()[-1] for t in texts] == [f"choice: {i} of 3" for i in (1, 2, 3)]
+
+
+def test_the_emulator_streams_n_choices_by_index(sdk: openai.OpenAI) -> None:
+    stream = sdk.chat.completions.create(
+        model=NANO_12B, messages=[{"role": "user", "content": "hi"}], n=2, stream=True
+    )
+    texts = ["", ""]
+    finished = set()
+    for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finished.add(choice.index)
+    assert finished == {0, 1}
+    assert texts[0].endswith("choice: 1 of 2") and texts[1].endswith("choice: 2 of 2")
+
+
+def test_the_emulator_gives_logprobs_in_openais_shape(sdk: openai.OpenAI) -> None:
+    completion = sdk.chat.completions.create(
+        model=NANO_12B,
+        messages=[{"role": "user", "content": "hi"}],
+        logprobs=True,
+        top_logprobs=3,
+    )
+    choice = completion.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content
+    tokens = choice.logprobs.content
+    assert "".join(t.token for t in tokens) == choice.message.content
+    first = tokens[0]
+    assert first.logprob <= 0 and first.bytes == list(first.token.encode())
+    assert len(first.top_logprobs) == 3 and first.top_logprobs[0].token == first.token
+    assert [t.logprob for t in first.top_logprobs] == sorted(
+        (t.logprob for t in first.top_logprobs), reverse=True
+    )
+
+
+def test_the_emulator_streams_logprobs_with_each_chunk(sdk: openai.OpenAI) -> None:
+    args: dict[str, Any] = {"model": NANO_12B, "messages": [{"role": "user", "content": "hi"}]}
+    whole = sdk.chat.completions.create(**args, logprobs=True)
+    streamed = []
+    for chunk in sdk.chat.completions.create(**args, logprobs=True, stream=True):
+        for choice in chunk.choices:
+            if choice.delta.content:
+                assert choice.logprobs is not None
+                assert "".join(t.token for t in choice.logprobs.content or []) == (
+                    choice.delta.content
+                )
+                streamed += choice.logprobs.content or []
+    assert whole.choices[0].logprobs is not None
+    assert streamed == whole.choices[0].logprobs.content
+
+
+def test_the_emulator_refuses_top_logprobs_without_logprobs(sdk: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="`logprobs` must be set to true"):
+        sdk.chat.completions.create(
+            model=NANO_12B, messages=[{"role": "user", "content": "hi"}], top_logprobs=2
+        )
+
+
+def test_the_emulator_takes_strict_tools(sdk: openai.OpenAI) -> None:
+    tool: Any = {
+        "type": "function",
+        "function": {"name": "get_weather", "parameters": WEATHER.parameters, "strict": True},
+    }
+    completion = sdk.chat.completions.create(
+        model=NANO_12B, messages=[{"role": "user", "content": "Paris?"}], tools=[tool]
+    )
+    assert completion.choices[0].message.tool_calls
+
+
+def test_the_emulator_lists_its_models(sdk: openai.OpenAI) -> None:
+    ids = {m.id for m in sdk.models.list()}
+    assert {NANO_8B, NANO_12B, GEMMA} <= ids
+
+
+# --- several choices and logprobs in the core --------------------------------------------
+
+
+def test_n_choices_come_back_as_replies_of_their_own(nim_url: str, wire: WireLog) -> None:
+    reply = backend(nim_url).complete(ask("three ways"), RequestOptions(n=3))
+    assert wire.last()["n"] == 3
+    assert len(reply.choices) == 3 and reply.all_choices == reply.choices
+    assert [c.text.splitlines()[-1] for c in reply.choices] == [
+        "choice: 1 of 3",
+        "choice: 2 of 3",
+        "choice: 3 of 3",
+    ]
+    assert reply.text == reply.choices[0].text
+    assert reply.usage is not None and reply.usage.output_tokens > 0
+
+
+def test_each_choice_has_its_own_tool_call(nim_url: str) -> None:
+    reply = backend(nim_url).complete(
+        ask("Weather in Paris?"), RequestOptions(n=2, tools=(WEATHER,))
+    )
+    ids = [c.tool_calls[0].id for c in reply.choices]
+    assert len(set(ids)) == 2
+    assert all(c.tool_calls[0].name == "get_weather" for c in reply.choices)
+
+
+def test_each_choice_splits_its_own_reasoning(nim_url: str) -> None:
+    reply = backend(nim_url).complete(ask("why?"), RequestOptions(n=2, reasoning=True))
+    for choice in reply.choices:
+        assert choice.reasoning and "Reasoning (emulated)" in choice.reasoning
+        assert "<think>" not in choice.text and "</think>" not in choice.text
+
+
+def test_a_single_answer_has_no_choices_list(nim_url: str, wire: WireLog) -> None:
+    reply = backend(nim_url).complete(ask(), RequestOptions())
+    assert reply.choices == [] and reply.all_choices == [reply]
+    assert "n" not in wire.last() and reply.logprobs is None
+
+
+def test_n_above_one_is_refused_when_streaming(nim_url: str, wire: WireLog) -> None:
+    with pytest.raises(ValueError, match=r"n=2 is not supported when streaming"):
+        list(backend(nim_url).stream(ask(), RequestOptions(n=2)))
+    assert wire.bodies() == []
+
+
+def test_logprobs_come_back_on_the_reply(nim_url: str) -> None:
+    options = build_options({}, {"logprobs": True, "top_logprobs": 2})
+    reply = backend(nim_url).complete(ask("hi"), options)
+    assert reply.logprobs is not None
+    assert "".join(t["token"] for t in reply.logprobs) == reply.text
+    assert all(len(t["top_logprobs"]) == 2 for t in reply.logprobs)
+
+
+def test_logprobs_come_with_each_streamed_delta(nim_url: str) -> None:
+    options = build_options({}, {"logprobs": True})
+    deltas = list(backend(nim_url).stream(ask("hi"), options))
+    with_text = [d for d in deltas if d.text]
+    assert with_text and all(d.logprobs for d in with_text)
+    for d in with_text:
+        assert "".join(t["token"] for t in d.logprobs or []) == d.text
+    whole = backend(nim_url).complete(ask("hi"), options)
+    assert [t for d in deltas for t in d.logprobs or []] == whole.logprobs
+
+
+# --- extra_body --------------------------------------------------------------------------
+
+
+def test_extra_body_is_merged_into_the_body_never_sent_as_a_key(
+    nim_url: str, wire: WireLog
+) -> None:
+    options = build_options(
+        {"extra_body": {"mm_processor_kwargs": {"max_num_tiles": 2}, "top_k": 5}},
+        {"extra_body": {"top_k": 7}},
+    )
+    reply = backend(nim_url).complete(ask(), options)
+    body = wire.last()
+    assert "extra_body" not in body
+    assert body["top_k"] == 7  # the call's key wins over the constructor's
+    assert body["mm_processor_kwargs"] == {"max_num_tiles": 2}
+    assert "max_num_tiles: 2" in reply.text  # the emulator read it
+
+
+def test_extra_body_inside_model_kwargs_is_merged_too(nim_url: str, wire: WireLog) -> None:
+    options = build_options({}, None, extra={"extra_body": {"top_k": 3}, "min_p": 0.1})
+    backend(nim_url).complete(ask(), options)
+    body = wire.last()
+    assert "extra_body" not in body and (body["top_k"], body["min_p"]) == (3, 0.1)
+
+
+def test_extra_body_keys_win_over_the_request_as_in_the_sdk(nim_url: str, wire: WireLog) -> None:
+    options = build_options({"temperature": 0.2}, {"extra_body": {"temperature": 0.9}})
+    backend(nim_url).complete(ask(), options)
+    assert wire.last()["temperature"] == 0.9
+
+
+def test_extra_body_that_is_not_a_dict_is_refused() -> None:
+    with pytest.raises(ValueError, match="extra_body must be a dict"):
+        build_options({}, {"extra_body": "top_k=7"})
+
+
+# --- JSON mode -----------------------------------------------------------------------------
+
+
+def test_json_mode_sends_json_object_where_the_model_takes_response_format(
+    nim_url: str, wire: WireLog
+) -> None:
+    reply = backend(nim_url).complete(ask("a cat"), RequestOptions(json_mode=True))
+    assert wire.last()["response_format"] == {"type": "json_object"}
+    assert isinstance(json.loads(reply.text), dict)
+
+
+def test_json_mode_uses_the_prompt_protocol_elsewhere(nim_url: str, wire: WireLog) -> None:
+    reply = backend(nim_url, NANO_8B).complete(ask("a cat"), RequestOptions(json_mode=True))
+    body = wire.last()
+    assert "response_format" not in body
+    assert "<response_format>json_object</response_format>" in body["messages"][0]["content"]
+    assert json.loads(reply.text)["emulator"] == "nemovlm"
+
+
+def test_an_openai_json_object_response_format_becomes_json_mode(
+    nim_url: str, wire: WireLog
+) -> None:
+    options = build_options({}, {"response_format": {"type": "json_object"}})
+    assert options.json_mode and options.json_schema is None
+    backend(nim_url, GEMMA).complete(ask(), options)
+    assert wire.last()["response_format"] == {"type": "json_object"}
+
+
+def test_json_mode_and_a_schema_together_are_refused(nim_url: str) -> None:
+    options = RequestOptions(json_mode=True, json_schema={"name": "x", "schema": {}})
+    with pytest.raises(ValueError, match="json_mode and json_schema are exclusive"):
+        backend(nim_url).complete(ask(), options)
+
+
+# --- strict tools ----------------------------------------------------------------------------
+
+
+def test_strict_reaches_every_tool_never_the_top_level(nim_url: str, wire: WireLog) -> None:
+    other = ToolSpec("get_time", "Time in a city", {"type": "object", "properties": {}})
+    options = build_options({}, {"tools": [WEATHER, other], "strict": True})
+    backend(nim_url).complete(ask("Paris?"), options)
+    body = wire.last()
+    assert "strict" not in body
+    assert [t["function"]["strict"] for t in body["tools"]] == [True, True]
+
+
+def test_a_tool_without_strict_sends_none(nim_url: str, wire: WireLog) -> None:
+    backend(nim_url).complete(ask("Paris?"), RequestOptions(tools=(WEATHER,)))
+    assert "strict" not in wire.last()["tools"][0]["function"]
+
+
+def test_strict_goes_into_the_prompt_for_prompt_tools(nim_url: str, wire: WireLog) -> None:
+    options = build_options({}, {"tools": [WEATHER], "strict": True})
+    reply = backend(nim_url, NANO_8B).complete(ask("Paris?"), options)
+    system = wire.last()["messages"][0]["content"]
+    tools = json.loads(system.split("<tools>")[1].split("</tools>")[0])
+    assert tools[0]["strict"] is True
+    assert reply.tool_calls and reply.tool_calls[0].name == "get_weather"
+
+
+# --- reasoning=False everywhere ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", [NANO_8B, OTHER])
+def test_reasoning_false_on_a_model_that_cannot_reason_is_a_no_op(
+    nim_url: str, wire: WireLog, model: str
+) -> None:
+    reply = backend(nim_url, model).complete(ask("hi"), RequestOptions(reasoning=False))
+    assert "hi" in reply.text and reply.reasoning is None
+    body = wire.last()
+    assert body["messages"] == [{"role": "user", "content": "hi"}]
+    assert "chat_template_kwargs" not in body
+
+
+def test_reasoning_true_on_a_model_that_cannot_reason_is_refused(
+    nim_url: str, wire: WireLog
+) -> None:
+    with pytest.raises(ValueError, match=r"cannot switch reasoning on or off"):
+        backend(nim_url, NANO_8B).complete(ask(), RequestOptions(reasoning=True))
+    assert wire.bodies() == []

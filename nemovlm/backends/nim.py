@@ -24,7 +24,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -216,9 +216,15 @@ class NIMBackend:
         yield state.finish(prepared.processor, self.profile.model)
 
     def _process_whole(self, completion: Any, prepared: PreparedConversation) -> Reply:
-        raw = _process_completion(completion, self.profile.model)
-        processor = prepared.processor
-        return assemble_reply([processor.feed(raw), processor.finish()])
+        replies = []
+        for index in range(_choice_count(completion)):
+            raw = _process_completion(completion, self.profile.model, index)
+            # Each choice is its own answer: its own reasoning split and held tool call.
+            processor = prepared.processor if index == 0 else replace(prepared.processor)
+            replies.append(assemble_reply([processor.feed(raw), processor.finish()]))
+        if len(replies) == 1:
+            return replies[0]
+        return replace(replies[0], choices=replies)
 
     # --- out --------------------------------------------------------------------
 
@@ -232,7 +238,7 @@ class NIMBackend:
         }
         if stream:
             request["stream_options"] = {"include_usage": True}
-        for name in ("max_tokens", "temperature", "top_p", "seed"):
+        for name in ("max_tokens", "temperature", "top_p", "seed", "n"):
             value = getattr(options, name)
             if value is not None:
                 request[name] = value
@@ -247,6 +253,8 @@ class NIMBackend:
                 "type": "json_schema",
                 "json_schema": dict(options.json_schema),
             }
+        elif prepared.json_mode == "native" and options.json_mode:
+            request["response_format"] = {"type": "json_object"}
         extra: dict[str, Any] = dict(prepared.params)
         video: dict[str, Any] = {}
         if options.video_fps is not None:
@@ -375,6 +383,15 @@ def _index(value: Any, default: int) -> int:
     return value
 
 
+def _process_logprobs(logprobs: Any) -> list[dict[str, Any]] | None:
+    """The per-token entries of a choice's ``logprobs`` (OpenAI's ``{"content": [...]}``).
+    They are metadata: an odd shape is dropped rather than costing the answer."""
+    content = logprobs.get("content") if isinstance(logprobs, Mapping) else None
+    if not isinstance(content, list):
+        return None
+    return [dict(entry) for entry in content if isinstance(entry, Mapping)]
+
+
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
@@ -383,14 +400,20 @@ def _label(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _process_completion(completion: Any, model: str) -> Delta:
+def _choice_count(completion: Any) -> int:
+    choices = completion.get("choices") if isinstance(completion, Mapping) else None
+    return len(choices) if isinstance(choices, list) and choices else 1
+
+
+def _process_completion(completion: Any, model: str, index: int = 0) -> Delta:
+    """Choice ``index`` of a whole completion as one raw ``Delta``."""
     choices = completion.get("choices") if isinstance(completion, Mapping) else None
     if not choices:
         raise IncompleteResponseError(
             f"The server answered 200 but with no choices (model {model}); nothing to return."
         )
     with _shape_checked(model):
-        choice = choices[0]
+        choice = choices[index]
         message = choice.get("message") or {}
         chunks = [
             ToolCallChunk(
@@ -409,6 +432,7 @@ def _process_completion(completion: Any, model: str) -> Delta:
             usage=_process_usage(completion.get("usage")),
             model=_label(completion.get("model")),
             response_id=_label(completion.get("id")),
+            logprobs=_process_logprobs(choice.get("logprobs")),
         )
 
 
@@ -425,6 +449,7 @@ def _process_chunk(chunk: Any, model: str = "") -> Delta:
         choice = choices[0]
         delta = choice.get("delta")
         out.finish_reason = _label(choice.get("finish_reason"))
+        out.logprobs = _process_logprobs(choice.get("logprobs"))
         if delta is None:
             return out
         out.text = _text(delta.get("content"), "content")
