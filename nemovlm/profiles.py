@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
+from nemovlm.model_ids import warn_if_near_miss
+
 Backend = Literal["nim", "fal"]
 ReasoningSwitch = Literal["system_think", "chat_template_thinking", "fal_reasoning_mode"]
 ToolMode = Literal["native", "prompt"]
@@ -224,6 +226,7 @@ def get_profile(
     has no native tools)."""
     base = PROFILES.get(model)
     if base is None:
+        warn_if_near_miss(model, PROFILES)
         base = replace(GENERIC, model=model, name=model, backend=backend)
         if backend == "fal":
             base = replace(base, tools="prompt")

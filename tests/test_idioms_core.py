@@ -461,3 +461,49 @@ def test_reasoning_true_on_a_model_that_cannot_reason_is_refused(
     with pytest.raises(ValueError, match=r"cannot switch reasoning on or off"):
         backend(nim_url, NANO_8B).complete(ask(), RequestOptions(reasoning=True))
     assert wire.bodies() == []
+
+
+# --- near-miss model ids -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_warnings() -> Iterator[None]:
+    """Each test sees the once-per-id warnings afresh (they are per process)."""
+    from nemovlm import model_ids
+
+    model_ids._warned.clear()
+    yield
+    model_ids._warned.clear()
+
+
+@pytest.mark.usefixtures("fresh_warnings")
+def test_a_near_miss_model_id_warns_naming_the_closest_and_still_works(nim_url: str) -> None:
+    with pytest.warns(UserWarning, match=r"did you mean 'nvidia/nemotron-nano-12b-v2-vl'\?"):
+        profile = get_profile("nvidia/nemotron-nano-12b-vl")
+    reply = NIMBackend(profile, nim_url, max_retries=0).complete(ask("hi"), RequestOptions())
+    assert "nvidia/nemotron-nano-12b-vl received parts: text" in reply.text
+
+
+@pytest.mark.usefixtures("fresh_warnings")
+def test_a_near_miss_warns_once(recwarn: pytest.WarningsRecorder) -> None:
+    get_profile("nvidia/Nemotron-Nano-12B-v2-VL")
+    get_profile("nvidia/Nemotron-Nano-12B-v2-VL")
+    near = [w for w in recwarn if "did you mean" in str(w.message)]
+    assert len(near) == 1 and "'nvidia/nemotron-nano-12b-v2-vl'" in str(near[0].message)
+
+
+@pytest.mark.usefixtures("fresh_warnings")
+@pytest.mark.parametrize(
+    "model", [NANO_12B, OTHER, "nvidia/nemotron-nano-9b-v2", "meta/llama-3.2-11b-vision-instruct"]
+)
+def test_known_and_plainly_other_ids_do_not_warn(
+    model: str, recwarn: pytest.WarningsRecorder
+) -> None:
+    get_profile(model)
+    assert not [w for w in recwarn if "did you mean" in str(w.message)]
+
+
+@pytest.mark.usefixtures("fresh_warnings")
+def test_a_near_miss_of_a_fal_app_warns_too() -> None:
+    with pytest.warns(UserWarning, match="'fal-ai/nemotron-diffusion-vlm'"):
+        get_profile("fal-ai/nemotron-diffusion-vl", backend="fal")
