@@ -2,7 +2,8 @@
 core: the NIM backend over real HTTP to the emulator (adapters build on these).
 
 Grouped as: errors are also the SDK's; several choices and logprobs; extra_body;
-JSON mode; strict tools; reasoning=False everywhere.
+JSON mode; strict tools; reasoning=False everywhere; near-miss model ids; offline
+token estimates.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from nemovlm.errors import (
 from nemovlm.messages import MediaPart, TextPart, ToolSpec, Turn
 from nemovlm.options import RequestOptions, build_options
 from nemovlm.profiles import get_profile
+from nemovlm.tokens import estimate_text_tokens, estimate_tokens, image_tokens
 from tests.conftest import WireLog
 
 NANO_8B = "nvidia/llama-3.1-nemotron-nano-vl-8b-v1"
@@ -507,3 +509,119 @@ def test_known_and_plainly_other_ids_do_not_warn(
 def test_a_near_miss_of_a_fal_app_warns_too() -> None:
     with pytest.warns(UserWarning, match="'fal-ai/nemotron-diffusion-vlm'"):
         get_profile("fal-ai/nemotron-diffusion-vl", backend="fal")
+
+
+# --- token estimates, offline -------------------------------------------------------------------
+
+SEED_QUESTION = 'How many times more "FP16Tensor Core" does H100 SXM have than H100 NVL?'
+SEED_ANSWER = (
+    "The H100 SXM has 1,979 FP16 Tensor Cores, while the H100 NVL has 1,671 FP16 Tensor "
+    "Cores. To find out how many times more FP16 Tensor Cores the H100 SXM has compared to "
+    "the H100 NVL, we divide the number of FP16 Tensor Cores in the H100 SXM by the number "
+    "in the H100 NVL:\n\n1,979 / 1,671 ≈ 1.18\n\nTherefore, the H100 SXM has approximately "
+    "1.18 times more FP16 Tensor Cores than the H100 NVL."
+)
+
+
+def seed_chart() -> MediaPart:
+    from nemovlm.samples import make_image
+
+    return MediaPart("image", data=make_image(2048, 1536, "png"))
+
+
+def test_the_estimate_matches_the_seeds_image_example() -> None:
+    # seeds/nim-llama-3.1-nemotron-nano-vl-8b-v1.md: a large chart and this question
+    # cost 3372 prompt tokens (13 tiles of 256, and the text).
+    turns = [Turn("user", [seed_chart(), TextPart(SEED_QUESTION)])]
+    estimate = estimate_tokens(turns, get_profile(NANO_8B))
+    assert abs(estimate - 3372) / 3372 < 0.02
+
+
+def test_the_estimate_matches_the_seeds_multi_turn_example() -> None:
+    turns = [
+        Turn("user", [seed_chart(), TextPart(SEED_QUESTION)]),
+        Turn("assistant", [TextPart(SEED_ANSWER)]),
+        Turn("user", [TextPart("Please extract the table in the image as HTML")]),
+    ]
+    estimate = estimate_tokens(turns, get_profile(NANO_8B))
+    assert abs(estimate - 3517) / 3517 < 0.03
+
+
+@pytest.mark.parametrize(
+    ("size", "tiles"),
+    [((2048, 1536), 13), ((512, 512), 1), ((1024, 1024), 5), ((2000, 500), 5)],
+)
+def test_an_image_counts_the_tiles_the_model_cuts_it_into(
+    size: tuple[int, int], tiles: int
+) -> None:
+    assert image_tokens(size, get_profile(NANO_12B)) == tiles * 256
+
+
+def test_max_num_tiles_lowers_the_image_count() -> None:
+    part = seed_chart()
+    profile = get_profile(NANO_12B)
+    full = estimate_tokens([Turn("user", [part])], profile)
+    fewer = estimate_tokens(
+        [Turn("user", [part])], profile, options=RequestOptions(max_num_tiles=6)
+    )
+    assert full - fewer == (13 - 7) * 256  # a 3x2 grid and its thumbnail
+
+
+def test_a_remote_image_counts_as_the_largest_grid_without_a_download() -> None:
+    # Nothing listens on port 9: a download would fail the test.
+    remote = MediaPart("image", url="http://127.0.0.1:9/chart.png")
+    text_only = estimate_tokens([ask("what is it?")[0]], get_profile(NANO_12B))
+    with_image = estimate_tokens(
+        [Turn("user", [remote, TextPart("what is it?")])], get_profile(NANO_12B)
+    )
+    assert with_image - text_only == 13 * 256
+
+
+def test_a_model_without_a_tiling_counts_a_flat_image() -> None:
+    turns = [Turn("user", [seed_chart()])]
+    assert (
+        estimate_tokens(turns, get_profile(GEMMA))
+        - estimate_tokens([Turn("user", [])], get_profile(GEMMA))
+        == 256
+    )
+
+
+def test_a_video_counts_its_sampled_frames() -> None:
+    from nemovlm.samples import make_mp4
+
+    video = MediaPart("video", data=make_mp4(duration_s=2.0, width=64, height=48, fps=10))
+    profile = get_profile(NANO_12B)
+    empty = estimate_tokens([Turn("user", [])], profile)
+    default = estimate_tokens([Turn("user", [video])], profile) - empty
+    seven = estimate_tokens(
+        [Turn("user", [video])], profile, options=RequestOptions(video_num_frames=7)
+    )
+    assert default == 4 * 256  # 2 s at the default 2 frames per second
+    assert seven - empty == 7 * 256
+
+
+def test_text_estimates_grow_with_the_text_and_tools_count() -> None:
+    profile = get_profile(NANO_12B)
+    short = estimate_tokens(ask("hi"), profile)
+    long = estimate_tokens(ask("hi " * 100), profile)
+    with_tool = estimate_tokens(ask("hi"), profile, tools=(WEATHER,))
+    assert short < with_tool and long - short == 99
+    assert estimate_text_tokens("The quick brown fox jumps over the lazy dog.") == 10
+
+
+def test_a_conversation_trimmed_by_the_estimate_is_what_the_server_receives(
+    nim_url: str, wire: WireLog
+) -> None:
+    # The LangChain trim_messages(token_counter=...) idea, on the core: keep the latest
+    # turns that fit a budget, then send them.
+    profile = get_profile(NANO_12B)
+    history = [Turn("user" if i % 2 == 0 else "assistant", [TextPart(f"turn {i} " * 20)])
+               for i in range(9)]  # fmt: skip
+    kept: list[Turn] = []
+    for turn in reversed(history):
+        if estimate_tokens([turn, *kept], profile) > 150:
+            break
+        kept.insert(0, turn)
+    assert 0 < len(kept) < len(history)
+    backend(nim_url).complete(kept, RequestOptions())
+    assert [m["content"] for m in wire.last()["messages"]] == [t.text for t in kept]
