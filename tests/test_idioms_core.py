@@ -625,3 +625,31 @@ def test_a_conversation_trimmed_by_the_estimate_is_what_the_server_receives(
     assert 0 < len(kept) < len(history)
     backend(nim_url).complete(kept, RequestOptions())
     assert [m["content"] for m in wire.last()["messages"]] == [t.text for t in kept]
+
+
+# --- available models ---------------------------------------------------------------------------
+
+
+def test_available_models_lists_what_the_server_serves(nim_url: str, nim_server: Any) -> None:
+    import httpx
+
+    httpx.delete(nim_server.url + "/emulator/requests")
+    model = backend(nim_url, api_key=SecretStr("sk-listing-key"))
+    served = model.available_models()
+    assert {m.id for m in served} == {NANO_8B, NANO_12B, GEMMA}
+    assert all(m.known and m.owned_by for m in served)
+    [record] = httpx.get(nim_server.url + "/emulator/requests").json()
+    assert record["path"] == "/v1/models" and record["bearer"] is True
+    assert "sk-listing-key" not in json.dumps(record)
+
+
+async def test_available_models_async(nim_url: str) -> None:
+    served = await backend(nim_url, OTHER).aavailable_models()
+    assert NANO_12B in {m.id for m in served}
+
+
+def test_available_models_from_a_dead_server_is_openais_connection_error(
+    unused_port: int,
+) -> None:
+    with pytest.raises(openai.APIConnectionError):
+        backend(f"http://127.0.0.1:{unused_port}/v1").available_models()

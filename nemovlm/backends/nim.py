@@ -60,6 +60,19 @@ if TYPE_CHECKING:
 
 HOSTED_BASE_URL = "https://integrate.api.nvidia.com/v1"
 _PATH = "/chat/completions"
+_MODELS_PATH = "/models"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One entry of a server's ``/v1/models``."""
+
+    id: str
+    owned_by: str | None = None
+    max_model_len: int | None = None
+    """The context length the server allows, when it says (vLLM-based NIMs do)."""
+    known: bool = False
+    """nemovlm has a profile for this id (its wire rules are applied)."""
 
 
 def resolve_base_url(base_url: str | None) -> str:
@@ -225,6 +238,18 @@ class NIMBackend:
         if len(replies) == 1:
             return replies[0]
         return replace(replies[0], choices=replies)
+
+    def available_models(self) -> list[ServedModel]:
+        """The models the server serves (its ``/v1/models``); the key goes only to
+        ``base_url``'s host, as for every call."""
+        with _converted_errors(self.profile.model, self.timeout):
+            listing = self.client.get(_MODELS_PATH, cast_to=object)
+        return _process_models(listing)
+
+    async def aavailable_models(self) -> list[ServedModel]:
+        with _converted_errors(self.profile.model, self.timeout):
+            listing = await self.async_client.get(_MODELS_PATH, cast_to=object)
+        return _process_models(listing)
 
     # --- out --------------------------------------------------------------------
 
@@ -465,6 +490,31 @@ def _process_chunk(chunk: Any, model: str = "") -> Delta:
                 )
             )
         return out
+
+
+def _process_models(listing: Any) -> list[ServedModel]:
+    data = listing.get("data") if isinstance(listing, Mapping) else None
+    if not isinstance(data, list):
+        raise IncompleteResponseError(
+            "The server's /v1/models answer has no 'data' list; is base_url an "
+            "OpenAI-compatible server?"
+        )
+    from nemovlm.profiles import PROFILES
+
+    models = []
+    for entry in data:
+        ident = entry.get("id") if isinstance(entry, Mapping) else None
+        if isinstance(ident, str):
+            length = entry.get("max_model_len")
+            models.append(
+                ServedModel(
+                    ident,
+                    _label(entry.get("owned_by")),
+                    length if isinstance(length, int) and not isinstance(length, bool) else None,
+                    ident in PROFILES,
+                )
+            )
+    return models
 
 
 @contextmanager

@@ -344,6 +344,7 @@ def _quiet_aborted_streams() -> None:
 
 
 async def _list_models(request: Request) -> Response:
+    _record(request, None)
     data = [
         {
             "id": model,
@@ -411,8 +412,16 @@ async def _chat_completions(request: Request) -> Response:
 
 def _record(request: Request, body: Any) -> None:
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _SECRET_HEADERS}
+    # Whether a key came, never the key itself.
+    bearer = request.headers.get("authorization", "").lower().startswith("bearer ")
     request.app.state.requests.append(
-        {"method": request.method, "path": request.url.path, "headers": headers, "body": body}
+        {
+            "method": request.method,
+            "path": request.url.path,
+            "headers": headers,
+            "body": body,
+            "bearer": bearer,
+        }
     )
 
 
