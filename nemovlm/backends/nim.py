@@ -4,9 +4,11 @@ Input flow: ``NIMBackend.complete/stream`` -> ``pipeline.prepare`` (checks, tool
 reasoning, media) -> ``_map_request`` -> ``_map_messages`` -> ``_map_content`` ->
 ``openai`` SDK (``client.post``).
 
-Output flow: the completion's JSON -> ``_process_completion`` (whole reply as one raw
-``Delta``), or each chunk's JSON -> ``_process_chunk`` -> ``ReplyProcessor.feed``
-(reasoning split, prompt tools) -> ``Delta``s -> ``assemble_reply`` for ``Reply``.
+Output flow: the completion's JSON -> ``_process_completion`` (each choice as one raw
+``Delta``, with its logprobs), or each chunk's JSON -> ``_process_chunk`` ->
+``ReplyProcessor.feed`` (reasoning split, prompt tools; one processor per choice) ->
+``Delta``s -> ``assemble_reply`` for ``Reply`` (several choices: ``Reply.choices``).
+``available_models`` reads ``/v1/models`` (``_process_models``).
 Errors from the SDK are converted once, in ``_converted_errors``.
 
 The request goes through the SDK's ``post`` rather than ``chat.completions.create``,

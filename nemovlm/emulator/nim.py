@@ -11,25 +11,29 @@ no reasoning).
 
 Input flow (``POST /v1/chat/completions``, handler ``_chat_completions``):
   ``_record`` keeps the body and headers -> ``_process_fault`` reads the fault headers
-  (429 / 503 / 500 / slow act at once) -> ``_process_chat`` checks the parameters and
+  (status faults and slow act at once) -> ``_process_chat`` checks the parameters and
   walks the messages: ``_process_content`` turns content into ``_Part``s, decoding
   media with ``_process_image`` / ``_process_video`` (data URLs inline, loopback URLs
   fetched, others only described) -> ``_process_reasoning`` decides whether the model
   reasons and where the trace goes.
 
 Output flow:
-  ``_compose_reply`` picks the answer (native tool call, tool-result echo, prompt-protocol
-  tool call, structured output, or the description from ``_describe``), adds reasoning
-  and the ``max_tokens`` cut -> ``_map_completion`` (JSON) or ``_map_chunks`` (SSE
-  ``chat.completion.chunk``s, content in small pieces so ``<think>`` tags get split),
-  both shaping the message per model with ``_map_message``; content faults
+  ``_compose_reply`` picks the answer (native tool call, tool-result echo,
+  prompt-protocol tool call, structured output, or the description from
+  ``_describe``), once per choice (``n``: the description ends with ``choice: i of
+  n``, tool call ids differ), adds reasoning and the ``max_tokens`` cut -> ``_map_completion``
+  (JSON) or ``_map_chunks`` (SSE ``chat.completion.chunk``s, content in small pieces so
+  ``<think>`` tags get split, choices interleaved), both shaping the message per model
+  with ``_map_message`` and, when asked, per-token logprobs with ``_map_logprobs``
+  (the emulator's token is 4 characters); content faults
   (``malformed_json``, ``no_choices``, ``bad_tool_args``, ``break_stream``, ``stall``)
   act here.
 
 Test hooks: request headers ``X-Emulator-Fault``, ``X-Emulator-Fault-Times``,
 ``X-Emulator-Fault-Key``, ``X-Emulator-Retry-After``, ``X-Emulator-Reasoning-Style``,
 ``X-Emulator-Chunk-Size``; ``GET`` / ``DELETE /emulator/requests`` read and clear the
-record of the last requests (``app.state.requests``).
+record of the last requests (``app.state.requests``: chat completions and model
+listings, with whether a bearer key came but never the key).
 """
 
 from __future__ import annotations
