@@ -116,6 +116,8 @@ def openai_twin(error: _E, source: BaseException | None = None) -> _E:
             fields.update(response=response, request=_request_of(response))
     else:
         return error
+    if isinstance(error, sdk):
+        return error
     twin = _twin_class(type(error), sdk)
     out = twin.__new__(twin, *error.args)
     out.args = error.args

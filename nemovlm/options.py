@@ -92,12 +92,13 @@ def build_options(
     ``extra_body`` (in the settings, in ``extra`` or in ``overrides``) is merged into
     ``extra`` as the ``openai`` SDK merges it into the request body: its keys go in
     the body beside the others and win over them; the settings' keys first, then the
-    call's. ``strict`` (an override) applies to every tool (``ToolSpec.strict``).
+    call's. ``strict`` (an override, or in ``extra``) applies to every tool
+    (``ToolSpec.strict``); it never goes on the wire as a key of its own.
     """
     values = {k: v for k, v in settings.items() if k in _FIELDS and v is not None}
     wire = dict(extra or {})
     bodies = [settings.get("extra_body"), wire.pop("extra_body", None)]
-    strict = None
+    strict = wire.pop("strict", None)  # a tool setting, never a top-level wire key
     for key, value in (overrides or {}).items():
         if key in _FIELDS:
             if value is not None:

@@ -653,3 +653,23 @@ def test_available_models_from_a_dead_server_is_openais_connection_error(
 ) -> None:
     with pytest.raises(openai.APIConnectionError):
         backend(f"http://127.0.0.1:{unused_port}/v1").available_models()
+
+
+def test_strict_in_model_kwargs_reaches_the_tools_not_the_top_level(
+    nim_url: str, wire: WireLog
+) -> None:
+    options = build_options({}, {"tools": [WEATHER]}, extra={"strict": False})
+    backend(nim_url).complete(ask("Paris?"), options)
+    body = wire.last()
+    assert "strict" not in body and body["tools"][0]["function"]["strict"] is False
+
+
+def test_n_above_one_on_fal_is_refused_before_anything_is_queued(
+    fal_emulator: FalEmulator,
+) -> None:
+    fal_emulator.state.requests.clear()
+    fal = FalBackend(get_profile(DIFFUSION), SecretStr("emulator-key"), poll_interval=0.01)
+    turns = [Turn("user", [TextPart("?"), MediaPart("image", data=_png())])]
+    with pytest.raises(ValueError, match="answers with one choice"):
+        fal.complete(turns, RequestOptions(n=2))
+    assert not fal_emulator.state.requests
