@@ -173,6 +173,16 @@ def test_a_fal_422_is_openais_unprocessable_entity_error(fal_emulator: FalEmulat
     assert "injected validation error" in str(info.value)
 
 
+def test_a_failed_fal_result_is_openais_internal_server_error(fal_emulator: FalEmulator) -> None:
+    fal_emulator.state.faults.clear()
+    fal_emulator.inject_fault("failed")
+    fal = FalBackend(get_profile(DIFFUSION), SecretStr("emulator-key"), poll_interval=0.01)
+    image = MediaPart("image", data=_png())
+    with pytest.raises(openai.InternalServerError) as info:
+        fal.complete([Turn("user", [TextPart("?"), image])], RequestOptions())
+    assert isinstance(info.value, RequestError) and info.value.status_code == 500
+
+
 def _png() -> bytes:
     from nemovlm.samples import make_image
 
