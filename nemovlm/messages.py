@@ -193,8 +193,9 @@ class Reply:
     response_id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     logprobs: list[TokenLogprob] | None = None
-    """Per-token logprobs of the answer, when the request asked for them (``logprobs``,
-    ``top_logprobs``)."""
+    """Per-token logprobs of the content as the server generated it, when the request
+    asked for them (``logprobs``, ``top_logprobs``); a ``<think>`` trace inside the
+    content is part of it, a trace in a reasoning field is not."""
     choices: list[Reply] = field(default_factory=list)
     """Every choice, in order, when the request asked for several (``n > 1``); this
     reply's own fields are the first choice's, and ``usage`` counts them all. Empty
