@@ -87,6 +87,9 @@ class ToolSpec:
     name: str
     description: str
     parameters: dict[str, Any]
+    strict: bool | None = None
+    """Sent as ``function.strict`` (the arguments must follow ``parameters`` exactly);
+    ``None`` leaves it out."""
 
 
 @dataclass
@@ -141,6 +144,10 @@ class ToolCallChunk:
     arguments: str = ""
 
 
+TokenLogprob = dict[str, Any]
+"""One generated token in OpenAI's shape: ``{"token", "logprob", "bytes", "top_logprobs"}``."""
+
+
 @dataclass
 class Delta:
     """One streamed piece of a reply. Empty fields mean "nothing new"."""
@@ -155,10 +162,13 @@ class Delta:
     model: str | None = None
     response_id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    logprobs: list[TokenLogprob] | None = None
+    """The logprobs of this piece's tokens, when the request asked for them."""
 
     def is_empty(self) -> bool:
         return not (
             self.text
+            or self.logprobs
             or self.reasoning
             or self.tool_call_chunks
             or self.tool_calls
@@ -182,3 +192,16 @@ class Reply:
     model: str | None = None
     response_id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    logprobs: list[TokenLogprob] | None = None
+    """Per-token logprobs of the content as the server generated it, when the request
+    asked for them (``logprobs``, ``top_logprobs``); a ``<think>`` trace inside the
+    content is part of it, a trace in a reasoning field is not."""
+    choices: list[Reply] = field(default_factory=list)
+    """Every choice, in order, when the request asked for several (``n > 1``); this
+    reply's own fields are the first choice's, and ``usage`` counts them all. Empty
+    for a single answer."""
+
+    @property
+    def all_choices(self) -> list[Reply]:
+        """The choices as a list, one or several."""
+        return self.choices or [self]

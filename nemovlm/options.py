@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from numbers import Real
 from types import MappingProxyType
 from typing import Any, Literal
@@ -47,6 +47,12 @@ class RequestOptions:
     """``"auto"``, ``"none"``, ``"required"`` or the name of one tool."""
     json_schema: Mapping[str, Any] | None = None
     """Structured output: ``{"name": ..., "schema": {...}, "strict": bool}``."""
+    json_mode: bool = False
+    """A JSON object answer without a schema: ``response_format: {"type":
+    "json_object"}`` where the model takes ``response_format``, the prompt protocol
+    elsewhere."""
+    n: int | None = None
+    """Choices to generate; each comes back in ``Reply.choices``. Not when streaming."""
     image_transport: ImageTransport = "parts"
     video_fps: float | None = None
     video_num_frames: int | None = None
@@ -58,21 +64,22 @@ class RequestOptions:
 _FIELDS = frozenset(
     {
         "max_tokens", "temperature", "top_p", "seed", "reasoning", "include_reasoning",
-        "tools", "tool_choice", "json_schema", "image_transport", "video_fps",
-        "video_num_frames", "max_num_tiles",
+        "tools", "tool_choice", "json_schema", "json_mode", "image_transport", "video_fps",
+        "video_num_frames", "max_num_tiles", "n",
     }
 )  # fmt: skip
 # Keys the frameworks pass along for tracing; never wire parameters.
 _DROPPED = frozenset({"ls_structured_output_format", "stream_options", "model"})
 
 
-_SETTINGS = _FIELDS - {"tools", "tool_choice", "json_schema"}
+_SETTINGS = _FIELDS - {"tools", "tool_choice", "json_schema", "json_mode"}
 
 
 def option_settings(source: object) -> dict[str, Any]:
     """The request settings a model object holds, read by field name (an adapter's
     ``temperature``, ``video_fps``, ...), for ``build_options``."""
-    return {name: getattr(source, name) for name in _SETTINGS if hasattr(source, name)}
+    names = _SETTINGS | {"extra_body"}
+    return {name: getattr(source, name) for name in names if hasattr(source, name)}
 
 
 def build_options(
@@ -88,9 +95,17 @@ def build_options(
     the setting); any other override key is a backend-specific parameter and lands in
     ``extra`` (after ``extra`` from the settings, e.g. ``model_kwargs``). ``tools``
     must already be ``ToolSpec``s; ``tool_choice`` is normalised against them.
+
+    ``extra_body`` (in the settings, in ``extra`` or in ``overrides``) is merged into
+    ``extra`` as the ``openai`` SDK merges it into the request body: its keys go in
+    the body beside the others and win over them; the settings' keys first, then the
+    call's. ``strict`` (an override, or in ``extra``) applies to every tool
+    (``ToolSpec.strict``); it never goes on the wire as a key of its own.
     """
     values = {k: v for k, v in settings.items() if k in _FIELDS and v is not None}
     wire = dict(extra or {})
+    bodies = [settings.get("extra_body"), wire.pop("extra_body", None)]
+    strict = wire.pop("strict", None)  # a tool setting, never a top-level wire key
     for key, value in (overrides or {}).items():
         if key in _FIELDS:
             if value is not None:
@@ -98,11 +113,30 @@ def build_options(
         elif key == "response_format" and value is not None:
             # Frameworks (LangChain's create_agent) pass OpenAI's response_format; the
             # core decides per model between response_format and the prompt protocol.
-            values["json_schema"] = _json_schema_from_response_format(value)
+            if _is_json_object(value):
+                values["json_mode"] = True
+            else:
+                values["json_schema"] = _json_schema_from_response_format(value)
+        elif key == "extra_body":
+            bodies.append(value)
+        elif key == "strict":
+            strict = value
         elif key not in _DROPPED:
             wire[key] = value
+    for body in bodies:
+        if body is None:
+            continue
+        if not isinstance(body, Mapping):
+            raise UnsupportedInputError(
+                f"extra_body must be a dict of request body fields, not {type(body).__name__}."
+            )
+        wire.update(body)
     if "tools" in values:
         values["tools"] = tuple(values["tools"])
+    if strict is not None:
+        if not isinstance(strict, bool):
+            raise UnsupportedInputError(f"strict must be True or False (got {strict!r}).")
+        values["tools"] = tuple(replace(t, strict=strict) for t in values.get("tools", ()))
     if "tool_choice" in values:
         from nemovlm.tools import normalize_tool_choice
 
@@ -114,12 +148,14 @@ def build_options(
     return RequestOptions(**values, extra=wire)
 
 
+def _is_json_object(value: Any) -> bool:
+    return isinstance(value, Mapping) and value.get("type") == "json_object"
+
+
 def _json_schema_from_response_format(value: Any) -> Mapping[str, Any]:
     kind = value.get("type") if isinstance(value, Mapping) else None
     if kind == "json_schema" and isinstance(value.get("json_schema"), Mapping):
         return value["json_schema"]
-    if kind == "json_object":
-        return {"name": "json_object", "schema": {"type": "object"}}
     raise UnsupportedInputError(
         f"response_format={value!r} is not understood: pass "
         '{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}} '
@@ -149,10 +185,30 @@ def check_options(options: RequestOptions, profile: ModelProfile, *, stream: boo
         )
     if options.max_num_tiles is not None and profile.tiles is False:
         raise UnsupportedInputError(f"{model} does not take max_num_tiles; remove it.")
-    if options.reasoning is not None and not profile.can_reason:
+    # reasoning=False on a model that never reasons is already true: one shared
+    # configuration then works across models. Only asking it to reason is an error.
+    if options.reasoning and not profile.can_reason:
         raise UnsupportedInputError(
-            f"{model} cannot switch reasoning on or off; leave reasoning=None."
+            f"{model} cannot switch reasoning on or off; leave reasoning=None (or False): "
+            "this model does not reason."
         )
+    if options.json_mode and options.json_schema is not None:
+        raise UnsupportedInputError(
+            "json_mode and json_schema are exclusive: ask for JSON mode (any JSON object) "
+            "or for a schema, not both."
+        )
+    if options.n is not None:
+        if isinstance(options.n, bool) or not isinstance(options.n, int) or options.n < 1:
+            raise UnsupportedInputError(f"n must be a whole number >= 1 (got {options.n!r}).")
+        if options.n > 1 and stream:
+            raise UnsupportedInputError(
+                f"n={options.n} is not supported when streaming: use invoke() instead of "
+                "stream(), or leave n=1."
+            )
+        if options.n > 1 and profile.backend == "fal":
+            raise UnsupportedInputError(
+                f"{model} on fal answers with one choice: leave n=1, or call it n times."
+            )
     if not options.include_reasoning:
         if not profile.include_reasoning_param:
             raise UnsupportedInputError(

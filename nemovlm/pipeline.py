@@ -31,6 +31,7 @@ from nemovlm.messages import (
     Reply,
     Role,
     TextPart,
+    TokenLogprob,
     ToolCall,
     ToolSpec,
     Turn,
@@ -116,7 +117,7 @@ def prepare(
 
     prompt_tools = profile.tools == "prompt" and bool(options.tools)
     json_mode: Literal["native", "prompt"] | None = None
-    if options.json_schema is not None:
+    if options.json_schema is not None or options.json_mode:
         json_mode = "native" if profile.json_schema else "prompt"
     if profile.tools == "prompt":
         # Without native tools the wire has no tool role: history goes in as text.
@@ -125,11 +126,14 @@ def prepare(
             tools=options.tools if prompt_tools else (),
             tool_choice=options.tool_choice,
             json_schema=options.json_schema if json_mode == "prompt" else None,
+            json_object=json_mode == "prompt" and options.json_mode,
         )
     elif profile.tools == "native":
         work = _map_tool_media(work, profile)
         if json_mode == "prompt":
-            work = map_prompt_protocol(work, json_schema=options.json_schema)
+            work = map_prompt_protocol(
+                work, json_schema=options.json_schema, json_object=options.json_mode
+            )
     else:
         assert_never(profile.tools)
 
@@ -279,6 +283,7 @@ class ReplyProcessor:
             model=raw.model,
             response_id=raw.response_id,
             metadata=raw.metadata,
+            logprobs=raw.logprobs,
         )
 
     def finish(self) -> Delta:
@@ -332,7 +337,11 @@ def assemble_reply(deltas: Iterable[Delta]) -> Reply:
     invalid: list[InvalidToolCall] = []
     reply = Reply()
     usage: Usage | None = None
+    logprobs: list[TokenLogprob] | None = None
     for d in deltas:
+        if d.logprobs is not None:
+            logprobs = logprobs if logprobs is not None else []
+            logprobs.extend(d.logprobs)
         text.append(d.text)
         reasoning.append(d.reasoning)
         for chunk in d.tool_call_chunks:
@@ -352,4 +361,5 @@ def assemble_reply(deltas: Iterable[Delta]) -> Reply:
     reply.tool_calls = streamed_calls + calls
     reply.invalid_tool_calls = streamed_invalid + invalid
     reply.usage = usage
+    reply.logprobs = logprobs
     return reply

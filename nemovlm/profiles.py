@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from typing_extensions import assert_never
 
+from nemovlm.model_ids import warn_if_near_miss
+
 Backend = Literal["nim", "fal"]
 ReasoningSwitch = Literal["system_think", "chat_template_thinking", "fal_reasoning_mode"]
 ToolMode = Literal["native", "prompt"]
@@ -282,6 +284,7 @@ def get_profile(
     has no native tools and takes no sampling settings until its profile says so)."""
     base = PROFILES.get(model)
     if base is None:
+        warn_if_near_miss(model, PROFILES)
         base = replace(GENERIC, model=model, name=model, backend=backend)
         if backend == "fal":
             base = replace(base, tools="prompt", sampling_params=frozenset())

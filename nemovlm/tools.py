@@ -11,7 +11,9 @@ the system prompt as JSON between ``<tools>`` tags, with the choice in
 calls and their results are rendered as text (``<tool_result>`` blocks in a user
 turn), so any chat model can run an agent loop. ``process_tool_reply`` parses the
 reply back. Structured output without ``response_format`` support uses the same idea
-with a ``<json_schema>`` block.
+with a ``<json_schema>`` block (or, for JSON mode without a schema, a
+``<response_format>json_object</response_format>`` line). A tool's ``strict`` goes out
+as ``function.strict``, or into its description in the prompt.
 """
 
 from __future__ import annotations
@@ -42,14 +44,14 @@ def new_tool_call_id() -> str:
 
 
 def map_tool(spec: ToolSpec) -> dict[str, Any]:
-    return {
-        "type": "function",
-        "function": {
-            "name": spec.name,
-            "description": spec.description,
-            "parameters": spec.parameters or {"type": "object", "properties": {}},
-        },
+    function: dict[str, Any] = {
+        "name": spec.name,
+        "description": spec.description,
+        "parameters": spec.parameters or {"type": "object", "properties": {}},
     }
+    if spec.strict is not None:
+        function["strict"] = spec.strict
+    return {"type": "function", "function": function}
 
 
 def map_tool_choice(choice: str | None) -> str | dict[str, Any] | None:
@@ -141,7 +143,9 @@ def normalize_tool_choice(choice: Any, tools: Sequence[ToolSpec]) -> str | None:
 
 def _render_tool_prompt(tools: Sequence[ToolSpec], tool_choice: str | None) -> str:
     described = [
-        {"name": t.name, "description": t.description, "parameters": t.parameters} for t in tools
+        {"name": t.name, "description": t.description, "parameters": t.parameters}
+        | ({"strict": t.strict} if t.strict is not None else {})
+        for t in tools
     ]
     choice = tool_choice or "auto"
     if choice == "required":
@@ -172,20 +176,30 @@ def _render_schema_prompt(schema: Mapping[str, Any]) -> str:
     )
 
 
+# JSON mode without a schema; the tag lets a reader (and the emulator) tell it apart.
+JSON_OBJECT_PROMPT = (
+    "Reply with only one JSON object, no prose and no code fence.\n"
+    "<response_format>json_object</response_format>"
+)
+
+
 def map_prompt_protocol(
     turns: list[Turn],
     *,
     tools: Sequence[ToolSpec] = (),
     tool_choice: str | None = None,
     json_schema: Mapping[str, Any] | None = None,
+    json_object: bool = False,
 ) -> list[Turn]:
-    """Turns for a model without native tools: instructions in the system turn,
-    earlier tool calls and results as plain text."""
+    """Turns for a model without native tools (or ``response_format``): instructions
+    in the system turn, earlier tool calls and results as plain text."""
     blocks = []
     if tools:
         blocks.append(_render_tool_prompt(tools, tool_choice))
     if json_schema is not None:
         blocks.append(_render_schema_prompt(json_schema))
+    elif json_object:
+        blocks.append(JSON_OBJECT_PROMPT)
     out: list[Turn] = []
     for turn in turns:
         if turn.role == "assistant" and turn.tool_calls:

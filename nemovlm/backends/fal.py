@@ -47,6 +47,7 @@ from nemovlm.errors import (
     RequestError,
     RequestTimeoutError,
     UnsupportedInputError,
+    openai_classes,
 )
 from nemovlm.media import MediaPolicy, PreparedMedia
 from nemovlm.messages import Delta, Reply, Turn, Usage
@@ -569,6 +570,7 @@ def _reply_as_delta(reply: Reply) -> Delta:
 
 
 @contextmanager
+@openai_classes
 def _converted_errors(model: str, timeout: float | None, tracker: _QueueTracker) -> Iterator[None]:
     """fal-client and transport errors -> ``nemovlm.errors``, keeping status, id, message."""
     try:

@@ -4,9 +4,11 @@ Input flow: ``NIMBackend.complete/stream`` -> ``pipeline.prepare`` (checks, tool
 reasoning, media) -> ``_map_request`` -> ``_map_messages`` -> ``_map_content`` ->
 ``openai`` SDK (``client.post``).
 
-Output flow: the completion's JSON -> ``_process_completion`` (whole reply as one raw
-``Delta``), or each chunk's JSON -> ``_process_chunk`` -> ``ReplyProcessor.feed``
-(reasoning split, prompt tools) -> ``Delta``s -> ``assemble_reply`` for ``Reply``.
+Output flow: the completion's JSON -> ``_process_completion`` (each choice as one raw
+``Delta``, with its logprobs), or each chunk's JSON -> ``_process_chunk`` ->
+``ReplyProcessor.feed`` (reasoning split, prompt tools; one processor per choice) ->
+``Delta``s -> ``assemble_reply`` for ``Reply`` (several choices: ``Reply.choices``).
+``available_models`` reads ``/v1/models`` (``_process_models``).
 Errors from the SDK are converted once, in ``_converted_errors``.
 
 The request goes through the SDK's ``post`` rather than ``chat.completions.create``,
@@ -24,7 +26,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -38,6 +40,7 @@ from nemovlm.errors import (
     RateLimitError,
     RequestError,
     RequestTimeoutError,
+    openai_classes,
 )
 from nemovlm.media import MediaPolicy, PreparedMedia
 from nemovlm.messages import Delta, Reply, TextPart, ToolCallChunk, Turn, Usage
@@ -60,6 +63,19 @@ if TYPE_CHECKING:
 
 HOSTED_BASE_URL = "https://integrate.api.nvidia.com/v1"
 _PATH = "/chat/completions"
+_MODELS_PATH = "/models"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One entry of a server's ``/v1/models``."""
+
+    id: str
+    owned_by: str | None = None
+    max_model_len: int | None = None
+    """The context length the server allows, when it says (vLLM-based NIMs do)."""
+    known: bool = False
+    """nemovlm has a profile for this id (its wire rules are applied)."""
 
 
 def resolve_base_url(base_url: str | None) -> str:
@@ -216,9 +232,27 @@ class NIMBackend:
         yield state.finish(prepared.processor, self.profile.model)
 
     def _process_whole(self, completion: Any, prepared: PreparedConversation) -> Reply:
-        raw = _process_completion(completion, self.profile.model)
-        processor = prepared.processor
-        return assemble_reply([processor.feed(raw), processor.finish()])
+        replies = []
+        for index in range(_choice_count(completion)):
+            raw = _process_completion(completion, self.profile.model, index)
+            # Each choice is its own answer: its own reasoning split and held tool call.
+            processor = prepared.processor if index == 0 else replace(prepared.processor)
+            replies.append(assemble_reply([processor.feed(raw), processor.finish()]))
+        if len(replies) == 1:
+            return replies[0]
+        return replace(replies[0], choices=replies)
+
+    def available_models(self) -> list[ServedModel]:
+        """The models the server serves (its ``/v1/models``); the key goes only to
+        ``base_url``'s host, as for every call."""
+        with _converted_errors(self.profile.model, self.timeout):
+            listing = self.client.get(_MODELS_PATH, cast_to=object)
+        return _process_models(listing)
+
+    async def aavailable_models(self) -> list[ServedModel]:
+        with _converted_errors(self.profile.model, self.timeout):
+            listing = await self.async_client.get(_MODELS_PATH, cast_to=object)
+        return _process_models(listing)
 
     # --- out --------------------------------------------------------------------
 
@@ -232,7 +266,7 @@ class NIMBackend:
         }
         if stream:
             request["stream_options"] = {"include_usage": True}
-        for name in ("max_tokens", "temperature", "top_p", "seed"):
+        for name in ("max_tokens", "temperature", "top_p", "seed", "n"):
             value = getattr(options, name)
             if value is not None:
                 request[name] = value
@@ -247,6 +281,8 @@ class NIMBackend:
                 "type": "json_schema",
                 "json_schema": dict(options.json_schema),
             }
+        elif prepared.json_mode == "native" and options.json_mode:
+            request["response_format"] = {"type": "json_object"}
         extra: dict[str, Any] = dict(prepared.params)
         video: dict[str, Any] = {}
         if options.video_fps is not None:
@@ -381,6 +417,15 @@ def _index(value: Any, default: int) -> int:
     return value
 
 
+def _process_logprobs(logprobs: Any) -> list[dict[str, Any]] | None:
+    """The per-token entries of a choice's ``logprobs`` (OpenAI's ``{"content": [...]}``).
+    They are metadata: an odd shape is dropped rather than costing the answer."""
+    content = logprobs.get("content") if isinstance(logprobs, Mapping) else None
+    if not isinstance(content, list):
+        return None
+    return [dict(entry) for entry in content if isinstance(entry, Mapping)]
+
+
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
@@ -389,14 +434,20 @@ def _label(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _process_completion(completion: Any, model: str) -> Delta:
+def _choice_count(completion: Any) -> int:
+    choices = completion.get("choices") if isinstance(completion, Mapping) else None
+    return len(choices) if isinstance(choices, list) and choices else 1
+
+
+def _process_completion(completion: Any, model: str, index: int = 0) -> Delta:
+    """Choice ``index`` of a whole completion as one raw ``Delta``."""
     choices = completion.get("choices") if isinstance(completion, Mapping) else None
     if not choices:
         raise IncompleteResponseError(
             f"The server answered 200 but with no choices (model {model}); nothing to return."
         )
     with _shape_checked(model):
-        choice = choices[0]
+        choice = choices[index]
         message = choice.get("message") or {}
         chunks = [
             ToolCallChunk(
@@ -415,6 +466,7 @@ def _process_completion(completion: Any, model: str) -> Delta:
             usage=_process_usage(completion.get("usage")),
             model=_label(completion.get("model")),
             response_id=_label(completion.get("id")),
+            logprobs=_process_logprobs(choice.get("logprobs")),
         )
 
 
@@ -431,6 +483,7 @@ def _process_chunk(chunk: Any, model: str = "") -> Delta:
         choice = choices[0]
         delta = choice.get("delta")
         out.finish_reason = _label(choice.get("finish_reason"))
+        out.logprobs = _process_logprobs(choice.get("logprobs"))
         if delta is None:
             return out
         out.text = _text(delta.get("content"), "content")
@@ -446,6 +499,31 @@ def _process_chunk(chunk: Any, model: str = "") -> Delta:
                 )
             )
         return out
+
+
+def _process_models(listing: Any) -> list[ServedModel]:
+    data = listing.get("data") if isinstance(listing, Mapping) else None
+    if not isinstance(data, list):
+        raise IncompleteResponseError(
+            "The server's /v1/models answer has no 'data' list; is base_url an "
+            "OpenAI-compatible server?"
+        )
+    from nemovlm.profiles import PROFILES
+
+    models = []
+    for entry in data:
+        ident = entry.get("id") if isinstance(entry, Mapping) else None
+        if isinstance(ident, str):
+            length = entry.get("max_model_len")
+            models.append(
+                ServedModel(
+                    ident,
+                    _label(entry.get("owned_by")),
+                    length if isinstance(length, int) and not isinstance(length, bool) else None,
+                    ident in PROFILES,
+                )
+            )
+    return models
 
 
 @contextmanager
@@ -509,6 +587,7 @@ _HTTP_TIMEOUTS = ("TimeoutException",)
 
 
 @contextmanager
+@openai_classes
 def _converted_errors(
     model: str, timeout: float | None, stream: _StreamProgress | None = None
 ) -> Iterator[None]:

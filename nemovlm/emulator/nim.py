@@ -11,25 +11,29 @@ no reasoning).
 
 Input flow (``POST /v1/chat/completions``, handler ``_chat_completions``):
   ``_record`` keeps the body and headers -> ``_process_fault`` reads the fault headers
-  (429 / 503 / 500 / slow act at once) -> ``_process_chat`` checks the parameters and
+  (status faults and slow act at once) -> ``_process_chat`` checks the parameters and
   walks the messages: ``_process_content`` turns content into ``_Part``s, decoding
   media with ``_process_image`` / ``_process_video`` (data URLs inline, loopback URLs
   fetched, others only described) -> ``_process_reasoning`` decides whether the model
   reasons and where the trace goes.
 
 Output flow:
-  ``_compose_reply`` picks the answer (native tool call, tool-result echo, prompt-protocol
-  tool call, structured output, or the description from ``_describe``), adds reasoning
-  and the ``max_tokens`` cut -> ``_map_completion`` (JSON) or ``_map_chunks`` (SSE
-  ``chat.completion.chunk``s, content in small pieces so ``<think>`` tags get split),
-  both shaping the message per model with ``_map_message``; content faults
+  ``_compose_reply`` picks the answer (native tool call, tool-result echo,
+  prompt-protocol tool call, structured output, or the description from
+  ``_describe``), once per choice (``n``: the description ends with ``choice: i of
+  n``, tool call ids differ), adds reasoning and the ``max_tokens`` cut -> ``_map_completion``
+  (JSON) or ``_map_chunks`` (SSE ``chat.completion.chunk``s, content in small pieces so
+  ``<think>`` tags get split, choices interleaved), both shaping the message per model
+  with ``_map_message`` and, when asked, per-token logprobs with ``_map_logprobs``
+  (the emulator's token is 4 characters); content faults
   (``malformed_json``, ``no_choices``, ``bad_tool_args``, ``break_stream``, ``stall``)
   act here.
 
 Test hooks: request headers ``X-Emulator-Fault``, ``X-Emulator-Fault-Times``,
 ``X-Emulator-Fault-Key``, ``X-Emulator-Retry-After``, ``X-Emulator-Reasoning-Style``,
 ``X-Emulator-Chunk-Size``; ``GET`` / ``DELETE /emulator/requests`` read and clear the
-record of the last requests (``app.state.requests``).
+record of the last requests (``app.state.requests``: chat completions and model
+listings, with whether a bearer key came but never the key).
 """
 
 from __future__ import annotations
@@ -150,6 +154,9 @@ TOKENS_PER_FRAME = 64
 ECHO_CHARS = 200
 DEFAULT_CHUNK_SIZE = 7
 RECORDED_REQUESTS = 50
+MAX_CHOICES = 16
+MAX_TOP_LOGPROBS = 20  # vLLM's default max_logprobs
+TOKEN_CHARS = 4  # the emulator's token (usage, max_tokens, logprobs)
 
 _ROLES = ("system", "developer", "user", "assistant", "tool")
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -158,6 +165,12 @@ _IMG_TAG = re.compile(r"""<img\s+src\s*=\s*(?:"([^"]*)"|'([^']*)')\s*/?>""", re.
 _TOOL_RESULT = re.compile(r"<tool_result([^>]*)>(.*?)</tool_result>", re.DOTALL)
 _ATTRIBUTE = re.compile(r'(\w+)="([^"]*)"')
 _STATUS_FAULTS = {
+    "400": (400, "BadRequestError", "bad request"),
+    "401": (401, "AuthenticationError", "not authenticated"),
+    "403": (403, "PermissionDeniedError", "permission denied"),
+    "404": (404, "NotFoundError", "not found"),
+    "409": (409, "ConflictError", "conflict"),
+    "422": (422, "UnprocessableEntityError", "unprocessable entity"),
     "429": (429, "RateLimitError", "rate limited"),
     "503": (503, "ServiceUnavailableError", "service unavailable"),
     "500": (500, "InternalServerError", "internal server error"),
@@ -223,6 +236,10 @@ class _Chat:
     max_tokens: int | None
     max_num_tiles: int | None
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    n: int = 1
+    """Choices to answer with (``n``)."""
+    logprobs: bool = False
+    top_logprobs: int = 0
     reasoning: bool = False
     style: ReasoningStyle = "think_tags"
     hide_reasoning: bool = False
@@ -326,6 +343,7 @@ def _quiet_aborted_streams() -> None:
 
 
 async def _list_models(request: Request) -> Response:
+    _record(request, None)
     data = [
         {
             "id": model,
@@ -382,8 +400,8 @@ async def _chat_completions(request: Request) -> Response:
         content_fault = fault.name if fault is not None and fault.name in _CONTENT_FAULTS else None
         stall = fault.seconds if fault is not None and fault.name == "stall" else 0.0
         ident = f"chatcmpl-emu-{next(request.app.state.completion_ids)}"
-        reply = _compose_reply(chat, ident, content_fault)
-        return _map_response(chat, reply, ident, content_fault, stall)
+        replies = [_compose_reply(chat, ident, content_fault, i) for i in range(chat.n)]
+        return _map_response(chat, replies, ident, content_fault, stall)
     except _BadRequest as exc:
         return _error(400, str(exc))
     except Exception:  # the emulator's own bug: say so in the client's error
@@ -393,8 +411,16 @@ async def _chat_completions(request: Request) -> Response:
 
 def _record(request: Request, body: Any) -> None:
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _SECRET_HEADERS}
+    # Whether a key came, never the key itself.
+    bearer = request.headers.get("authorization", "").lower().startswith("bearer ")
     request.app.state.requests.append(
-        {"method": request.method, "path": request.url.path, "headers": headers, "body": body}
+        {
+            "method": request.method,
+            "path": request.url.path,
+            "headers": headers,
+            "body": body,
+            "bearer": bearer,
+        }
     )
 
 
@@ -458,8 +484,6 @@ async def _process_chat(body: dict[str, Any], request: Request) -> _Chat:
     if stream_options and not stream:
         raise _BadRequest("Stream options can only be defined when `stream=True`.")
     include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
-    if body.get("n") not in (None, 1):
-        raise _BadRequest("The emulator answers with one choice: leave 'n' out or set it to 1.")
     tools, tool_choice = _process_tools(body, rules, model)
     sampling = _process_sampling(body.get("media_io_kwargs"))
     chat = _Chat(
@@ -474,7 +498,9 @@ async def _process_chat(body: dict[str, Any], request: Request) -> _Chat:
         max_tokens=_process_max_tokens(body),
         max_num_tiles=_process_tiles(body.get("mm_processor_kwargs")),
         chunk_size=_process_chunk_size(request),
+        n=_process_n(body.get("n")),
     )
+    chat.logprobs, chat.top_logprobs = _process_logprobs(body)
     for index, message in enumerate(messages):
         chat.turns.append(await _process_message(message, f"messages[{index}]", chat, sampling))
     _process_reasoning(chat, request)
@@ -499,6 +525,8 @@ def _process_tools(
             raise _BadRequest(
                 f"tools[{index}] must be {{'type': 'function', 'function': {{'name': ...}}}}."
             )
+        if function.get("strict") is not None and not isinstance(function["strict"], bool):
+            raise _BadRequest(f"tools[{index}].function.strict must be true or false.")
     if choice is None or choice == "none":
         return tools, choice
     if not tools:
@@ -516,6 +544,34 @@ def _process_tools(
             "{'type': 'function', 'function': {'name': ...}}."
         )
     return tools, choice
+
+
+def _process_n(value: Any) -> int:
+    if value is None:
+        return 1
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_CHOICES:
+        raise _BadRequest(
+            f"n must be a whole number from 1 to {MAX_CHOICES} (emulator limit), not {value!r}."
+        )
+    return value
+
+
+def _process_logprobs(body: dict[str, Any]) -> tuple[bool, int]:
+    logprobs, top = body.get("logprobs"), body.get("top_logprobs")
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise _BadRequest(f"logprobs must be true or false, not {logprobs!r}.")
+    if top is None:
+        return bool(logprobs), 0
+    if not isinstance(top, int) or isinstance(top, bool) or top < 0:
+        raise _BadRequest(f"top_logprobs must be a whole number >= 0, not {top!r}.")
+    if top > MAX_TOP_LOGPROBS:
+        raise _BadRequest(
+            f"Requested sample logprobs of {top}, which is greater than max allowed: "
+            f"{MAX_TOP_LOGPROBS}."
+        )
+    if top and not logprobs:
+        raise _BadRequest("when using `top_logprobs`, `logprobs` must be set to true.")
+    return bool(logprobs), top
 
 
 def _tool_names(tools: list[dict[str, Any]]) -> list[str]:
@@ -792,14 +848,15 @@ def _process_reasoning(chat: _Chat, request: Request) -> None:
 # --- reply out -----------------------------------------------------------------------
 
 
-def _compose_reply(chat: _Chat, ident: str, fault: str | None) -> _Reply:
-    """What the model says: one answer, picked by what the request asked for."""
+def _compose_reply(chat: _Chat, ident: str, fault: str | None, index: int = 0) -> _Reply:
+    """What the model says: one answer (choice ``index`` of ``n``), picked by what the
+    request asked for."""
     last = chat.turns[-1]
     hint = _hint(chat.last_user)
     choice = chat.tool_choice
     if fault == "bad_tool_args":
         name = _chosen_tool(chat.tools, choice)["function"]["name"] if chat.tools else "get_weather"
-        call = _ToolCall(f"call_{ident}_0", name, BROKEN_TOOL_ARGUMENTS)
+        call = _ToolCall(f"call_{ident}_{index}", name, BROKEN_TOOL_ARGUMENTS)
         return _Reply(None, tool_calls=[call], finish_reason="tool_calls")
     # A user turn right after tool results carries what the tools returned (images):
     # the model reads it and answers, as a real one would, instead of calling again.
@@ -807,7 +864,8 @@ def _compose_reply(chat: _Chat, ident: str, fault: str | None) -> _Reply:
     if chat.tools and choice != "none" and last.role == "user" and not after_tools:
         tool = _chosen_tool(chat.tools, choice)["function"]
         arguments = _synthesize(tool.get("parameters") or {}, hint)
-        call = _ToolCall(f"call_{ident}_0", tool["name"], json.dumps(arguments, ensure_ascii=False))
+        arguments_json = json.dumps(arguments, ensure_ascii=False)
+        call = _ToolCall(f"call_{ident}_{index}", tool["name"], arguments_json)
         reply = _Reply(None, tool_calls=[call], finish_reason="tool_calls")
         return _with_reasoning(reply, chat, tool_call=True)
     if last.role == "tool":
@@ -830,7 +888,7 @@ def _compose_reply(chat: _Chat, ident: str, fault: str | None) -> _Reply:
     structured = _structured_output(chat, hint)
     if structured is not None:
         return _finish(json.dumps(structured, ensure_ascii=False), chat)
-    return _finish(_describe(chat), chat)
+    return _finish(_describe(chat, index), chat)
 
 
 def _finish(answer: str, chat: _Chat) -> _Reply:
@@ -947,6 +1005,9 @@ def _structured_output(chat: _Chat, hint: Hint) -> Any | None:
             )
     found = re.search(r"<json_schema>(.*?)</json_schema>", chat.system_text, re.DOTALL)
     if found is None:
+        # The core's JSON mode without a schema, for models without response_format.
+        if "<response_format>json_object</response_format>" in chat.system_text:
+            return {"emulator": "nemovlm", "answer": hint.text}
         return None
     try:
         schema = json.loads(found.group(1))
@@ -979,7 +1040,7 @@ def _reasoning_text(chat: _Chat) -> str:
     )
 
 
-def _describe(chat: _Chat) -> str:
+def _describe(chat: _Chat, choice: int = 0) -> str:
     """The answer: what the emulator received, for the last user message."""
     last = chat.last_user
     if last is None:
@@ -997,6 +1058,8 @@ def _describe(chat: _Chat) -> str:
         lines.append(f"max_num_tiles: {chat.max_num_tiles}")
     lines.append(f"images in conversation: {sum(t.count('image') for t in chat.turns)}")
     lines.append(f"text: {_clip(last.text, ECHO_CHARS) or '(none)'}")
+    if chat.n > 1:
+        lines.append(f"choice: {choice + 1} of {chat.n}")
     return "\n".join(lines)
 
 
@@ -1008,42 +1071,43 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
-def _usage(chat: _Chat, reply: _Reply) -> dict[str, Any]:
+def _usage(chat: _Chat, replies: list[_Reply]) -> dict[str, Any]:
     text_chars = sum(len(p.text) for t in chat.turns for p in t.parts if p.kind == "text")
     images = sum(t.count("image") for t in chat.turns)
     frames = sum(p.frames for t in chat.turns for p in t.parts if p.kind == "video")
     prompt = math.ceil(text_chars / 4) + TOKENS_PER_IMAGE * images + TOKENS_PER_FRAME * frames
-    shown_reasoning = len(reply.reasoning or "")
-    hidden_reasoning = reply.reasoning_chars if reply.reasoning is None else 0
-    calls = sum(len(c.name) + len(c.arguments) for c in reply.tool_calls)
-    chars = len(reply.content or "") + shown_reasoning + hidden_reasoning + calls
-    completion = math.ceil(chars / 4)
+    completion = reasoning = 0
+    for reply in replies:  # every choice's tokens count, as vLLM counts them
+        shown_reasoning = len(reply.reasoning or "")
+        hidden_reasoning = reply.reasoning_chars if reply.reasoning is None else 0
+        calls = sum(len(c.name) + len(c.arguments) for c in reply.tool_calls)
+        chars = len(reply.content or "") + shown_reasoning + hidden_reasoning + calls
+        completion += math.ceil(chars / 4)
+        reasoning += math.ceil(reply.reasoning_chars / 4)
     usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
         "prompt_tokens_details": None,
     }
-    if reply.reasoning_chars:
-        usage["completion_tokens_details"] = {
-            "reasoning_tokens": math.ceil(reply.reasoning_chars / 4)
-        }
+    if reasoning:
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
     return usage
 
 
 def _map_response(
-    chat: _Chat, reply: _Reply, ident: str, fault: str | None, stall: float = 0.0
+    chat: _Chat, replies: list[_Reply], ident: str, fault: str | None, stall: float = 0.0
 ) -> Response:
     created = int(time.time())
-    usage = _usage(chat, reply)
+    usage = _usage(chat, replies)
     if chat.stream:
-        chunks = _map_chunks(chat, reply, ident, created, usage, fault)
+        chunks = _map_chunks(chat, replies, ident, created, usage, fault)
         return StreamingResponse(
             _sse(chunks, fault, stall),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache"},
         )
-    completion = _map_completion(chat, reply, ident, created, usage)
+    completion = _map_completion(chat, replies, ident, created, usage)
     if fault == "no_choices":
         completion["choices"] = []
     encoded = json.dumps(completion)
@@ -1078,7 +1142,7 @@ def _map_message(chat: _Chat, reply: _Reply) -> dict[str, Any]:
 
 
 def _map_completion(
-    chat: _Chat, reply: _Reply, ident: str, created: int, usage: dict[str, Any]
+    chat: _Chat, replies: list[_Reply], ident: str, created: int, usage: dict[str, Any]
 ) -> dict[str, Any]:
     return {
         "id": ident,
@@ -1088,12 +1152,13 @@ def _map_completion(
         "system_fingerprint": "nemovlm-emulator",
         "choices": [
             {
-                "index": 0,
+                "index": index,
                 "message": _map_message(chat, reply),
-                "logprobs": None,
+                "logprobs": _map_logprobs(chat, reply.content),
                 "finish_reason": reply.finish_reason,
                 "stop_reason": None,
             }
+            for index, reply in enumerate(replies)
         ],
         "usage": usage,
         "prompt_logprobs": None,
@@ -1102,31 +1167,51 @@ def _map_completion(
 
 def _map_chunks(
     chat: _Chat,
-    reply: _Reply,
+    replies: list[_Reply],
     ident: str,
     created: int,
     usage: dict[str, Any],
     fault: str | None,
 ) -> list[dict[str, Any]]:
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    """Each choice's chunks, interleaved as vLLM sends them, then the usage chunk."""
+    per_choice = [_map_choice_chunks(chat, r, ident, created, i) for i, r in enumerate(replies)]
+    if fault == "no_choices":
+        return [{**per_choice[0][0], "choices": []}]
+    chunks = [c for row in itertools.zip_longest(*per_choice) for c in row if c is not None]
+    if chat.include_usage:
+        chunks.append({**chunks[0], "choices": [], "usage": usage})
+    return chunks
+
+
+def _map_choice_chunks(
+    chat: _Chat, reply: _Reply, ident: str, created: int, choice: int
+) -> list[dict[str, Any]]:
+    def chunk(
+        delta: dict[str, Any], finish: str | None = None, logprobs: Any = None
+    ) -> dict[str, Any]:
         return {
             "id": ident,
             "object": "chat.completion.chunk",
             "created": created,
             "model": chat.model,
             "system_fingerprint": "nemovlm-emulator",
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            "choices": [
+                {"index": choice, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+            ],
         }
 
-    if fault == "no_choices":
-        return [{**chunk({}), "choices": []}]
     size = chat.chunk_size
     chunks = [chunk({"role": "assistant", "content": ""})]
     if reply.reasoning is not None and reply.reasoning_field is not None:
         field_name = reply.reasoning_field
         chunks += [chunk({field_name: piece}) for piece in _pieces(reply.reasoning, size)]
     if reply.content:
-        chunks += [chunk({"content": piece}) for piece in _pieces(reply.content, size)]
+        if chat.logprobs:
+            size = -(-size // TOKEN_CHARS) * TOKEN_CHARS  # whole tokens per chunk
+        chunks += [
+            chunk({"content": piece}, logprobs=_map_logprobs(chat, piece))
+            for piece in _pieces(reply.content, size)
+        ]
     for index, call in enumerate(reply.tool_calls):
         head = {
             "index": index,
@@ -1140,9 +1225,30 @@ def _map_chunks(
             for piece in _pieces(call.arguments, size)
         ]
     chunks.append(chunk({}, reply.finish_reason))
-    if chat.include_usage:
-        chunks.append({**chunk({}), "choices": [], "usage": usage})
     return chunks
+
+
+def _map_logprobs(chat: _Chat, text: str | None) -> dict[str, Any] | None:
+    """OpenAI's per-token logprobs for ``text``, in the emulator's 4-character tokens.
+
+    The values are made up but follow from the token (a token with more distinct
+    characters is less likely); the alternatives in ``top_logprobs`` are labelled as
+    the emulator's own."""
+    if not chat.logprobs:
+        return None
+    content = []
+    for token in _pieces(text or "", TOKEN_CHARS):
+        logprob = -round(len(set(token)) / 8, 4)
+        top = [_token_logprob(token, logprob)] if chat.top_logprobs else []
+        top += [
+            _token_logprob(f"<emulator alt {k}>", logprob - k) for k in range(1, chat.top_logprobs)
+        ]
+        content.append({**_token_logprob(token, logprob), "top_logprobs": top})
+    return {"content": content}
+
+
+def _token_logprob(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
 
 
 def _pieces(text: str, size: int) -> list[str]:
