@@ -165,11 +165,13 @@ def media_block(path: str | Path) -> dict[str, Any]:
 def _process_usage(usage: Usage | None) -> UsageMetadata | None:
     if usage is None:
         return None
-    meta = UsageMetadata(
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        total_tokens=usage.total_tokens or usage.input_tokens + usage.output_tokens,
-    )
+    # langchain-core 1.8 imports NotRequired from ``typing`` (3.11+), so mypy checking
+    # for Python 3.10 reads the optional detail keys as required.
+    meta: UsageMetadata = {  # type: ignore[typeddict-item]
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "total_tokens": usage.total_tokens or usage.input_tokens + usage.output_tokens,
+    }
     if usage.reasoning_tokens is not None:
         meta["output_token_details"] = {"reasoning": usage.reasoning_tokens}
     return meta

@@ -185,9 +185,7 @@ def test_video_fps_setting_reaches_nim_as_media_io_kwargs(nim_url: str, wire: Wi
     assert "4 frames sampled (fps 1)" in response.message.content
 
 
-def test_video_block_fps_reaches_nim_when_no_sampling_is_set(
-    llm: NemoVLM, wire: WireLog
-) -> None:
+def test_video_block_fps_reaches_nim_when_no_sampling_is_set(llm: NemoVLM, wire: WireLog) -> None:
     response = llm.chat(user(TextBlock(text="x"), VideoBlock(video=MP4, fps=2)))
     assert wire.last()["media_io_kwargs"] == {"video": {"fps": 2.0}}
     assert "8 frames sampled (fps 2)" in response.message.content
