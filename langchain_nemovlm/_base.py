@@ -1,16 +1,19 @@
-"""What ``ChatNemoVLM`` and ``ChatNemoFal`` share: fields, the call flow, tools, structured output.
+"""What ``ChatNemoVLM`` and ``ChatNemoFal`` share: the call flow, tools, structured output.
+
+The settings themselves are the core's (``nemovlm.settings``); this module adds
+LangChain's spellings (``model_name``, ``max_completion_tokens``, ``stop_sequences``)
+and LangChain-only fields (``stop``, ``streaming``, ``model_kwargs``).
 
 Flow: ``_generate``/``_agenerate``/``_stream``/``_astream`` -> ``_request`` (messages ->
-turns via ``_convert._map_messages``, fields + call kwargs -> ``RequestOptions``) ->
-``self._backend`` (a core backend: NIM or fal) -> ``Reply``/``Delta`` ->
-``_convert._process_reply``/``_process_delta``.
+turns via ``_convert._map_messages``, fields + call kwargs -> ``RequestOptions`` via the
+settings' ``request_options``) -> ``self.backend`` (a core backend: NIM or fal) ->
+``Reply``/``Delta`` -> ``_convert._process_reply``/``_process_delta``.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput, ModelProfile
@@ -32,49 +35,36 @@ from langchain_nemovlm._convert import (
 )
 from nemovlm.backends import ChatBackend
 from nemovlm.errors import UnsupportedInputError
-from nemovlm.media import MediaPolicy, media_policy
 from nemovlm.messages import Delta, ToolSpec, Turn
-from nemovlm.options import RequestOptions, build_options, option_settings
-from nemovlm.profiles import Backend, get_profile
-from nemovlm.profiles import ModelProfile as NemoProfile
+from nemovlm.options import RequestOptions
+from nemovlm.settings import CommonSettings
 from nemovlm.tools import normalize_tool_choice
 
+# LangChain's spellings of the core's settings, accepted as well as the core's names.
+_ALIASES = {"model": "model_name", "max_tokens": "max_completion_tokens"}
 
-class _NemoChatModel(BaseChatModel):
+
+def langchain_aliases(**more: str) -> Callable[[str], str]:
+    """An ``alias_generator``: the core's field names, spelled LangChain's way."""
+    names = {**_ALIASES, **more}
+    return lambda name: names.get(name, name)
+
+
+class _NemoChatModel(CommonSettings, BaseChatModel):
     """Shared base; use ``ChatNemoVLM`` (NIM) or ``ChatNemoFal`` (fal)."""
 
-    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(
+        populate_by_name=True, arbitrary_types_allowed=True, alias_generator=langchain_aliases()
+    )
 
-    model: str = Field(alias="model_name")
-    """Model id, e.g. ``nvidia/nemotron-nano-12b-v2-vl``."""
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = Field(default=None, alias="max_completion_tokens")
-    seed: int | None = None
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
-    reasoning: bool | None = None
-    """``None``: the model's default; ``True``/``False``: switched the model's own way."""
-    include_reasoning: bool = True
-    """``False`` asks the server to leave the reasoning out (DiffusionGemma, non-streaming)."""
-    timeout: float | None = 60.0
-    max_retries: int = 2
+    """Stop sequences for every call (a call's own ``stop`` wins)."""
     streaming: bool = False
     """``invoke`` streams under the hood (so callbacks see tokens)."""
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra wire parameters, sent as they are after the backend's checks."""
-    allowed_media_dirs: list[Path] = Field(default_factory=list)
-    """Directories from which a bare path or ``file://`` URL inside message content may
-    be read. Empty (default): such strings are refused, since content may come from a
-    tool or a web page."""
-    downscale_images: bool = True
-    """Shrink images larger than the model can use before sending them."""
-    max_image_pixels: int | None = None
-    """Pixel budget for the downscale; ``None``: the model profile's."""
-    profile_overrides: dict[str, Any] | None = None
-    """Replace fields of the model's ``nemovlm`` profile (see ``nemovlm.profiles``)."""
 
     _backend: Any = PrivateAttr(default=None)
-    _backend_kind: ClassVar[Backend] = "nim"
 
     # --- backend ----------------------------------------------------------------
 
@@ -86,14 +76,6 @@ class _NemoChatModel(BaseChatModel):
         if self._backend is None:
             self._backend = self._make_backend()
         return self._backend
-
-    @property
-    def nemo_profile(self) -> NemoProfile:
-        """The ``nemovlm`` profile in force (quirks, limits, prices)."""
-        return get_profile(self.model, self.profile_overrides, backend=self._backend_kind)
-
-    def _media_policy(self) -> MediaPolicy:
-        return media_policy(self)
 
     def _resolve_model_profile(self) -> ModelProfile | None:
         p = self.nemo_profile
@@ -153,16 +135,15 @@ class _NemoChatModel(BaseChatModel):
             raise UnsupportedInputError(
                 f"This instance serves {self.model}; create another for {model}."
             )
-        settings = option_settings(self)
         overrides = dict(kwargs)
         if "tools" in overrides:
             overrides["tools"] = [_map_tool(t) for t in overrides["tools"]]
-        return build_options(settings, overrides, extra=self.model_kwargs, stop=stop or self.stop)
+        return self.request_options(overrides, extra=self.model_kwargs, stop=stop or self.stop)
 
     def _request(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
     ) -> tuple[list[Turn], RequestOptions]:
-        return _map_messages(messages, self._media_policy()), self._options(stop, kwargs)
+        return _map_messages(messages, self.media_policy()), self._options(stop, kwargs)
 
     # --- calls ------------------------------------------------------------------
 

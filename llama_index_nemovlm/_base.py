@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from llama_index.core.base.llms.types import (
@@ -34,7 +33,7 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.multi_modal_llms import MultiModalLLM, MultiModalLLMMetadata
 from llama_index.core.schema import ImageDocument, ImageNode
-from pydantic import BaseModel, Field, PrivateAttr, SecretStr, field_serializer
+from pydantic import Field, PrivateAttr, SecretStr, field_serializer
 
 from llama_index_nemovlm._convert import (
     _map_image_document,
@@ -46,10 +45,9 @@ from llama_index_nemovlm._convert import (
     _StreamState,
 )
 from nemovlm.backends import ChatBackend
-from nemovlm.media import MediaPolicy, media_policy
 from nemovlm.messages import TextPart, Turn
-from nemovlm.options import RequestOptions, build_options, option_settings
-from nemovlm.profiles import Backend, ModelProfile, get_profile
+from nemovlm.options import RequestOptions
+from nemovlm.settings import CommonSettings
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
@@ -57,10 +55,8 @@ if TYPE_CHECKING:
 ImageDocuments = Sequence[ImageNode | ImageDocument | ImageBlock]
 
 
-class _NemoSettings(BaseModel):
-    """Fields every class here has, NIM or fal, chat or multi-modal."""
-
-    _backend_kind: ClassVar[Backend] = "nim"
+class _NemoSettings(CommonSettings):
+    """What every class here adds to the core's settings, NIM or fal, chat or multi-modal."""
 
     @field_serializer("api_key", check_fields=False)
     def _never_the_key(self, value: SecretStr | None) -> None:
@@ -68,49 +64,10 @@ class _NemoSettings(BaseModel):
         # reads its key from the environment, as it would when made without one.
         return None
 
-    model: str = Field(description="Model id, e.g. nvidia/nemotron-nano-12b-v2-vl.")
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = Field(default=None, description="Most tokens to generate.")
-    seed: int | None = None
-    reasoning: bool | None = Field(
-        default=None,
-        description="None: the model's default; True/False: switched the model's own way.",
-    )
-    include_reasoning: bool = Field(
-        default=True,
-        description="False asks the server to leave the reasoning out "
-        "(DiffusionGemma, non-streaming).",
-    )
-    timeout: float | None = 60.0
-    max_retries: int = 2
     additional_kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra wire parameters, sent as they are after the backend's checks.",
     )
-    allowed_media_dirs: list[Path] = Field(
-        default_factory=list,
-        description="Directories from which a bare path or file:// URL given as an "
-        "ImageBlock/VideoBlock url may be read. Empty (default): such strings are "
-        "refused. ImageBlock(path=...) is always read.",
-    )
-    downscale_images: bool = Field(
-        default=True, description="Shrink images larger than the model can use."
-    )
-    max_image_pixels: int | None = Field(
-        default=None, description="Pixel budget for the downscale; None: the profile's."
-    )
-    profile_overrides: dict[str, Any] | None = Field(
-        default=None, description="Replace fields of the model's nemovlm profile."
-    )
-
-    @property
-    def nemo_profile(self) -> ModelProfile:
-        """The ``nemovlm`` profile in force (quirks, limits, prices)."""
-        return get_profile(self.model, self.profile_overrides, backend=self._backend_kind)
-
-    def _media_policy(self) -> MediaPolicy:
-        return media_policy(self)
 
 
 class _NemoLLM(_NemoSettings, FunctionCallingLLM):
@@ -145,16 +102,15 @@ class _NemoLLM(_NemoSettings, FunctionCallingLLM):
     # --- request ----------------------------------------------------------------
 
     def _options(self, kwargs: dict[str, Any]) -> RequestOptions:
-        settings = option_settings(self)
         overrides = dict(kwargs)
         stop = overrides.pop("stop", None)
         overrides.pop("formatted", None)  # LlamaIndex's complete() flag, not a parameter
         if overrides.get("tools") is not None:
             overrides["tools"] = [_map_tool(t) for t in overrides["tools"]]
-        return build_options(settings, overrides, extra=self.additional_kwargs, stop=stop)
+        return self.request_options(overrides, extra=self.additional_kwargs, stop=stop)
 
     def _turns(self, messages: Sequence[ChatMessage]) -> list[Turn]:
-        return _map_messages(messages, self._media_policy())
+        return _map_messages(messages, self.media_policy())
 
     # --- neutral calls (shared with the multi-modal classes) --------------------
 
@@ -347,7 +303,7 @@ class _NemoMultiModal(_NemoSettings, MultiModalLLM):
         return {"class_name": self.class_name(), **self.metadata.model_dump()}
 
     def _document_turns(self, prompt: str, image_documents: ImageDocuments) -> list[Turn]:
-        policy = self._media_policy()
+        policy = self.media_policy()
         media = [_map_image_document(d, policy) for d in image_documents]
         return [Turn("user", [*media, TextPart(prompt)] if prompt else list(media))]
 

@@ -59,31 +59,22 @@ _FIELDS = frozenset(
 _DROPPED = frozenset({"ls_structured_output_format", "stream_options", "model"})
 
 
-_SETTINGS = _FIELDS - {"tools", "tool_choice", "json_schema"}
-
-
-def option_settings(source: object) -> dict[str, Any]:
-    """The request settings a model object holds, read by field name (an adapter's
-    ``temperature``, ``video_fps``, ...), for ``build_options``."""
-    return {name: getattr(source, name) for name in _SETTINGS if hasattr(source, name)}
-
-
 def build_options(
-    settings: Mapping[str, Any],
+    defaults: RequestOptions,
     overrides: Mapping[str, Any] | None = None,
     *,
     extra: Mapping[str, Any] | None = None,
     stop: Sequence[str] | None = None,
 ) -> RequestOptions:
-    """Options from a model's settings, then per-call overrides on top.
+    """``defaults`` (a model's settings, ``nemovlm.settings``), then per-call overrides.
 
     Keys that name a ``RequestOptions`` field set it (``None`` in ``overrides`` keeps
     the setting); any other override key is a backend-specific parameter and lands in
-    ``extra`` (after ``extra`` from the settings, e.g. ``model_kwargs``). ``tools``
+    ``extra`` (after ``defaults.extra`` and ``extra``, e.g. ``model_kwargs``). ``tools``
     must already be ``ToolSpec``s; ``tool_choice`` is normalised against them.
     """
-    values = {k: v for k, v in settings.items() if k in _FIELDS and v is not None}
-    wire = dict(extra or {})
+    values: dict[str, Any] = {}
+    wire = {**defaults.extra, **(extra or {})}
     for key, value in (overrides or {}).items():
         if key in _FIELDS:
             if value is not None:
@@ -100,11 +91,11 @@ def build_options(
         from nemovlm.tools import normalize_tool_choice
 
         values["tool_choice"] = normalize_tool_choice(
-            values["tool_choice"], values.get("tools", ())
+            values["tool_choice"], values.get("tools", defaults.tools)
         )
     if stop:
         values["stop"] = tuple(stop)
-    return RequestOptions(**values, extra=wire)
+    return replace(defaults, **values, extra=wire)
 
 
 def _json_schema_from_response_format(value: Any) -> Mapping[str, Any]:
