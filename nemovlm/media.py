@@ -88,6 +88,8 @@ class MediaPolicy:
     """Cap for media the client itself must fetch (checked while streaming)."""
     remote_timeout: float = 10.0
     """Seconds allowed for fetching such media."""
+    http_client: httpx.Client | None = field(default=None, compare=False, repr=False)
+    """The user's own client (proxies, custom TLS) for such fetches; ``None``: a new one."""
 
 
 def media_policy(source: object) -> MediaPolicy:
@@ -861,6 +863,7 @@ def _fetch(
         f"The {part.describe()} is larger than MediaPolicy.max_remote_bytes ({cap} bytes); "
         "raise the limit or send a smaller file."
     )
+    http_client = http_client or policy.http_client
     client = http_client or httpx.Client()
     try:
         with client.stream(

@@ -135,14 +135,15 @@ class NimSettings(CommonSettings):
     http_client: Any = Field(
         default=None,
         exclude=True,
-        description="An HTTP client of your own (proxies, custom TLS) for sync calls, of "
-        "the type the installed openai SDK takes (httpx.Client; httpx2.Client with openai 3.x).",
+        description="An HTTP client of your own (proxies, custom TLS) for sync calls and for "
+        "the media the client fetches itself, of the type the installed openai SDK takes "
+        "(httpx.Client; httpx2.Client with openai 3.x).",
     )
     async_http_client: Any = Field(
         default=None,
         exclude=True,
         description="The same for async calls (httpx.AsyncClient; httpx2.AsyncClient with "
-        "openai 3.x).",
+        "openai 3.x). Media fetches run in a worker thread and use http_client.",
     )
     image_transport: ImageTransport = Field(
         default="parts",
@@ -157,6 +158,9 @@ class NimSettings(CommonSettings):
     max_num_tiles: int | None = Field(
         default=None, description="Most tiles an image or frame is cut into (Nano 12B v2 VL)."
     )
+
+    def media_policy(self) -> MediaPolicy:
+        return replace(super().media_policy(), http_client=self.http_client)
 
     def request_defaults(self) -> RequestOptions:
         return replace(
