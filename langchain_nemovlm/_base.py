@@ -5,9 +5,9 @@ LangChain's spellings (``model_name``, ``max_completion_tokens``, ``stop_sequenc
 and LangChain-only fields (``stop``, ``streaming``, ``model_kwargs``).
 
 Flow: ``_generate``/``_agenerate``/``_stream``/``_astream`` -> ``_request`` (messages ->
-turns via ``_convert._map_messages``, fields + call kwargs -> ``RequestOptions`` via the
+turns via ``_convert.map_messages``, fields + call kwargs -> ``RequestOptions`` via the
 settings' ``request_options``) -> ``self.backend`` (a core backend: NIM or fal) ->
-``Reply``/``Delta`` -> ``_convert._process_reply``/``_process_delta``.
+``Reply``/``Delta`` -> ``_convert.process_reply``/``process_delta``.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from langchain_nemovlm._convert import (
-    _map_messages,
-    _process_delta,
-    _process_reply,
-    _response_metadata,
+    map_messages,
+    process_delta,
+    process_reply,
+    process_response_metadata,
 )
 from nemovlm.backends import ChatBackend
 from nemovlm.errors import UnsupportedInputError
@@ -50,7 +50,7 @@ def langchain_aliases(**more: str) -> Callable[[str], str]:
     return lambda name: names.get(name, name)
 
 
-class _NemoChatModel(CommonSettings, BaseChatModel):
+class BaseChatNemo(CommonSettings, BaseChatModel):
     """Shared base; use ``ChatNemoVLM`` (NIM) or ``ChatNemoFal`` (fal)."""
 
     model_config = ConfigDict(
@@ -137,13 +137,13 @@ class _NemoChatModel(CommonSettings, BaseChatModel):
             )
         overrides = dict(kwargs)
         if "tools" in overrides:
-            overrides["tools"] = [_map_tool(t) for t in overrides["tools"]]
+            overrides["tools"] = [_tool_spec_from_openai(t) for t in overrides["tools"]]
         return self.request_options(overrides, extra=self.model_kwargs, stop=stop or self.stop)
 
     def _request(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
     ) -> tuple[list[Turn], RequestOptions]:
-        return _map_messages(messages, self.media_policy()), self._options(stop, kwargs)
+        return map_messages(messages, self.media_policy()), self._options(stop, kwargs)
 
     # --- calls ------------------------------------------------------------------
 
@@ -160,7 +160,7 @@ class _NemoChatModel(CommonSettings, BaseChatModel):
             return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
         turns, options = self._request(messages, stop, kwargs)
         reply = self.backend.complete(turns, options)
-        return ChatResult(generations=[ChatGeneration(message=_process_reply(reply, self.model))])
+        return ChatResult(generations=[ChatGeneration(message=process_reply(reply, self.model))])
 
     async def _agenerate(
         self,
@@ -175,7 +175,7 @@ class _NemoChatModel(CommonSettings, BaseChatModel):
             return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
         turns, options = self._request(messages, stop, kwargs)
         reply = await self.backend.acomplete(turns, options)
-        return ChatResult(generations=[ChatGeneration(message=_process_reply(reply, self.model))])
+        return ChatResult(generations=[ChatGeneration(message=process_reply(reply, self.model))])
 
     def _stream(
         self,
@@ -228,7 +228,7 @@ class _NemoChatModel(CommonSettings, BaseChatModel):
         formatted = [convert_to_openai_tool(t) for t in tools]
         if tool_choice is not None:
             kwargs["tool_choice"] = normalize_tool_choice(
-                tool_choice, tuple(_map_tool(t) for t in formatted)
+                tool_choice, tuple(_tool_spec_from_openai(t) for t in formatted)
             )
         return super().bind(tools=formatted, **kwargs)
 
@@ -289,15 +289,16 @@ class _StreamTail:
         if not (delta.text or delta.reasoning or delta.tool_call_chunks or delta.tool_calls
                 or delta.invalid_tool_calls or delta.usage):  # fmt: skip
             return None
-        return ChatGenerationChunk(message=_process_delta(delta))
+        return ChatGenerationChunk(message=process_delta(delta))
 
     def last(self) -> ChatGenerationChunk:
-        meta = _response_metadata(
+        meta = process_response_metadata(
             self.reply_model or self.model, self.finish_reason, self.response_id, self.metadata
         )
-        return ChatGenerationChunk(message=_process_delta(Delta(), meta))
+        return ChatGenerationChunk(message=process_delta(Delta(), meta))
 
 
-def _map_tool(tool: dict[str, Any]) -> ToolSpec:
+def _tool_spec_from_openai(tool: dict[str, Any]) -> ToolSpec:
+    """An OpenAI tool dict (``convert_to_openai_tool``'s) as the core's ``ToolSpec``."""
     fn = tool.get("function", tool)
     return ToolSpec(fn["name"], fn.get("description", ""), fn.get("parameters") or {})

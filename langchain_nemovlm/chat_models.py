@@ -6,12 +6,12 @@ from typing import Any
 
 from pydantic import ConfigDict
 
-from langchain_nemovlm._base import _NemoChatModel, langchain_aliases
+from langchain_nemovlm._base import BaseChatNemo, langchain_aliases
 from nemovlm.backends.nim import NIMBackend
 from nemovlm.settings import NimSettings
 
 
-class ChatNemoVLM(NimSettings, _NemoChatModel):
+class ChatNemoVLM(NimSettings, BaseChatNemo):
     """A NIM vision-language model (OpenAI-compatible), with every model quirk handled.
 
     ``base_url``: the argument, else ``NVIDIA_BASE_URL``, else NVIDIA's hosted API

@@ -11,7 +11,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict
 
-from langchain_nemovlm._base import _NemoChatModel, langchain_aliases
+from langchain_nemovlm._base import BaseChatNemo, langchain_aliases
 from nemovlm.backends.fal import (
     FalBackend,
     ProgressCallback,
@@ -22,7 +22,7 @@ from nemovlm.backends.fal import (
 from nemovlm.settings import FalSettings
 
 
-class ChatNemoFal(FalSettings, _NemoChatModel):
+class ChatNemoFal(FalSettings, BaseChatNemo):
     """A vision-language model served on fal's queue, through ``fal-client``.
 
     Models: ``fal-ai/nemotron-diffusion-vlm`` (exactly one image and a prompt) and

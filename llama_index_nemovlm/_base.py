@@ -1,11 +1,15 @@
-"""What ``NemoVLM``/``NemoFal`` and their multi-modal twins share: fields, the call flow, tools.
+"""What ``NemoVLM``/``NemoFal`` and their multi-modal twins share: the call flow, tools.
+
+The settings are the core's (``nemovlm.settings``); ``_LlamaIndexSettings`` adds what
+only LlamaIndex has (``additional_kwargs``, keys never serialised).
 
 Flow: ``chat``/``stream_chat``/``complete``/``stream_complete`` and the async twins ->
-``_turns`` (``_convert._map_messages``) -> ``_call``/``_stream_call`` (fields + call kwargs
--> ``RequestOptions`` in ``_options``) -> ``self.backend`` (a core backend: NIM or fal)
--> ``Reply``/``Delta`` -> ``_convert._process_reply`` / ``_convert._StreamState``.
-The multi-modal classes hold one such LLM and call the same ``_call``s, so an image
-document goes through the same mapping as an ``ImageBlock``.
+``_turns`` (``_convert.map_messages``) -> ``_call``/``_stream_call`` (fields + call
+kwargs -> ``RequestOptions`` in ``_options``, via the settings' ``request_options``) ->
+``self.backend`` (a core backend: NIM or fal) -> ``Reply``/``Delta`` ->
+``_convert.process_reply`` / ``_convert.ChatResponseAccumulator``. The multi-modal
+classes hold one such LLM and call the same ``_call``s, so an image document goes
+through the same mapping as an ``ImageBlock``.
 """
 
 from __future__ import annotations
@@ -36,13 +40,13 @@ from llama_index.core.schema import ImageDocument, ImageNode
 from pydantic import Field, PrivateAttr, SecretStr, field_serializer
 
 from llama_index_nemovlm._convert import (
-    _map_image_document,
-    _map_messages,
-    _map_tool,
-    _process_completion,
-    _process_reply,
-    _process_tool_selections,
-    _StreamState,
+    ChatResponseAccumulator,
+    map_image_document,
+    map_messages,
+    process_completion,
+    process_reply,
+    process_tool_selections,
+    tool_spec_from_llama_index,
 )
 from nemovlm.backends import ChatBackend
 from nemovlm.messages import TextPart, Turn
@@ -55,7 +59,7 @@ if TYPE_CHECKING:
 ImageDocuments = Sequence[ImageNode | ImageDocument | ImageBlock]
 
 
-class _NemoSettings(CommonSettings):
+class _LlamaIndexSettings(CommonSettings):
     """What every class here adds to the core's settings, NIM or fal, chat or multi-modal."""
 
     @field_serializer("api_key", check_fields=False)
@@ -70,7 +74,7 @@ class _NemoSettings(CommonSettings):
     )
 
 
-class _NemoLLM(_NemoSettings, FunctionCallingLLM):
+class BaseNemoLLM(_LlamaIndexSettings, FunctionCallingLLM):
     """Shared base; use ``NemoVLM`` (NIM) or ``NemoFal`` (fal)."""
 
     _backend: Any = PrivateAttr(default=None)
@@ -106,11 +110,11 @@ class _NemoLLM(_NemoSettings, FunctionCallingLLM):
         stop = overrides.pop("stop", None)
         overrides.pop("formatted", None)  # LlamaIndex's complete() flag, not a parameter
         if overrides.get("tools") is not None:
-            overrides["tools"] = [_map_tool(t) for t in overrides["tools"]]
+            overrides["tools"] = [tool_spec_from_llama_index(t) for t in overrides["tools"]]
         return self.request_options(overrides, extra=self.additional_kwargs, stop=stop)
 
     def _turns(self, messages: Sequence[ChatMessage]) -> list[Turn]:
-        return _map_messages(messages, self.media_policy())
+        return map_messages(messages, self.media_policy())
 
     # --- neutral calls (shared with the multi-modal classes) --------------------
 
@@ -122,19 +126,19 @@ class _NemoLLM(_NemoSettings, FunctionCallingLLM):
         options = self._options(kwargs)
         with self._reporting():
             reply = self.backend.complete(turns, options)
-        return _process_reply(reply, self.model)
+        return process_reply(reply, self.model)
 
     async def _acall(self, turns: list[Turn], kwargs: dict[str, Any]) -> ChatResponse:
         options = self._options(kwargs)
         with self._reporting():
             reply = await self.backend.acomplete(turns, options)
-        return _process_reply(reply, self.model)
+        return process_reply(reply, self.model)
 
     def _stream_call(self, turns: list[Turn], kwargs: dict[str, Any]) -> ChatResponseGen:
         options = self._options(kwargs)
 
         def gen() -> ChatResponseGen:
-            state = _StreamState(self.model)
+            state = ChatResponseAccumulator(self.model)
             deltas = self.backend.stream(turns, options)
             while True:
                 # Not across the yield: the caller's code between chunks is not ours.
@@ -153,7 +157,7 @@ class _NemoLLM(_NemoSettings, FunctionCallingLLM):
         options = self._options(kwargs)
 
         async def gen() -> ChatResponseAsyncGen:
-            state = _StreamState(self.model)
+            state = ChatResponseAccumulator(self.model)
             deltas = aiter(self.backend.astream(turns, options))
             while True:
                 with self._reporting():
@@ -189,13 +193,13 @@ class _NemoLLM(_NemoSettings, FunctionCallingLLM):
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return _process_completion(self._call(_prompt_turns(prompt), kwargs))
+        return process_completion(self._call(_prompt_turns(prompt), kwargs))
 
     @llm_completion_callback()
     async def acomplete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponse:
-        return _process_completion(await self._acall(_prompt_turns(prompt), kwargs))
+        return process_completion(await self._acall(_prompt_turns(prompt), kwargs))
 
     @llm_completion_callback()
     def stream_complete(
@@ -230,7 +234,7 @@ class _NemoLLM(_NemoSettings, FunctionCallingLLM):
             user_msg = ChatMessage(role=MessageRole.USER, content=user_msg)
         if user_msg is not None:
             messages.append(user_msg)
-        specs = [_map_tool(t) for t in tools]
+        specs = [tool_spec_from_llama_index(t) for t in tools]
         prepared: dict[str, Any] = {"messages": messages, **kwargs}
         if specs:
             prepared["tools"] = specs
@@ -260,10 +264,10 @@ class _NemoLLM(_NemoSettings, FunctionCallingLLM):
     ) -> list[ToolSelection]:
         """The response's tool calls as ``ToolSelection``s (``ToolCallBlock``s first, else
         OpenAI-shaped ``additional_kwargs["tool_calls"]``)."""
-        return _process_tool_selections(response, error_on_no_tool_call)
+        return process_tool_selections(response, error_on_no_tool_call)
 
 
-class _NemoMultiModal(_NemoSettings, MultiModalLLM):
+class BaseNemoMultiModal(_LlamaIndexSettings, MultiModalLLM):
     """Shared base of the ``MultiModalLLM`` classes (image RAG query engines).
 
     Holds one ``_llm_class`` instance built from the same fields and calls its
@@ -275,11 +279,11 @@ class _NemoMultiModal(_NemoSettings, MultiModalLLM):
         default=None, exclude=True, description="A BaseRateLimiter to throttle calls."
     )
 
-    _llm_class: ClassVar[type[_NemoLLM]]
-    _llm: _NemoLLM | None = PrivateAttr(default=None)
+    _llm_class: ClassVar[type[BaseNemoLLM]]
+    _llm: BaseNemoLLM | None = PrivateAttr(default=None)
 
     @property
-    def llm(self) -> _NemoLLM:
+    def llm(self) -> BaseNemoLLM:
         """The chat LLM doing the work (same model, same settings)."""
         if self._llm is None:
             shared = set(self._llm_class.model_fields) & set(type(self).model_fields)
@@ -304,20 +308,20 @@ class _NemoMultiModal(_NemoSettings, MultiModalLLM):
 
     def _document_turns(self, prompt: str, image_documents: ImageDocuments) -> list[Turn]:
         policy = self.media_policy()
-        media = [_map_image_document(d, policy) for d in image_documents]
+        media = [map_image_document(d, policy) for d in image_documents]
         return [Turn("user", [*media, TextPart(prompt)] if prompt else list(media))]
 
     def complete(
         self, prompt: str, image_documents: ImageDocuments, **kwargs: Any
     ) -> CompletionResponse:
         turns = self._document_turns(prompt, image_documents)
-        return _process_completion(self.llm._call(turns, kwargs))
+        return process_completion(self.llm._call(turns, kwargs))
 
     async def acomplete(
         self, prompt: str, image_documents: ImageDocuments, **kwargs: Any
     ) -> CompletionResponse:
         turns = self._document_turns(prompt, image_documents)
-        return _process_completion(await self.llm._acall(turns, kwargs))
+        return process_completion(await self.llm._acall(turns, kwargs))
 
     def stream_complete(
         self, prompt: str, image_documents: ImageDocuments, **kwargs: Any
@@ -352,12 +356,12 @@ def _prompt_turns(prompt: str) -> list[Turn]:
 
 def _completions(responses: ChatResponseGen) -> CompletionResponseGen:
     for response in responses:
-        yield _process_completion(response)
+        yield process_completion(response)
 
 
 async def _acompletions(responses: ChatResponseAsyncGen) -> CompletionResponseAsyncGen:
     async for response in responses:
-        yield _process_completion(response)
+        yield process_completion(response)
 
 
 def _keep_first_tool_call(response: ChatResponse) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from llama_index_nemovlm._base import _NemoLLM, _NemoMultiModal
+from llama_index_nemovlm._base import BaseNemoLLM, BaseNemoMultiModal
 from nemovlm.backends.fal import FalBackend, QueueUpdate, report_queue_progress, resolve_fal_key
 from nemovlm.settings import FalSettings
 
@@ -24,7 +24,7 @@ class _QueueUpdates(BaseModel):
     )
 
 
-class NemoFal(FalSettings, _QueueUpdates, _NemoLLM):
+class NemoFal(FalSettings, _QueueUpdates, BaseNemoLLM):
     """A vision-language model served on fal's queue, through ``fal-client``.
 
     Models: ``fal-ai/nemotron-diffusion-vlm`` (exactly one image and a prompt) and
@@ -70,7 +70,7 @@ class NemoFal(FalSettings, _QueueUpdates, _NemoLLM):
         return report_queue_progress(self.on_queue_update)
 
 
-class NemoFalMultiModal(FalSettings, _QueueUpdates, _NemoMultiModal):
+class NemoFalMultiModal(FalSettings, _QueueUpdates, BaseNemoMultiModal):
     """``NemoFal`` as a ``MultiModalLLM``: ``complete(prompt, image_documents=[one image])``."""
 
     _llm_class = NemoFal

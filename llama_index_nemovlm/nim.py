@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-from llama_index_nemovlm._base import _NemoLLM, _NemoMultiModal
+from llama_index_nemovlm._base import BaseNemoLLM, BaseNemoMultiModal
 from nemovlm.backends.nim import NIMBackend
 from nemovlm.settings import NimSettings
 
 
-class NemoVLM(NimSettings, _NemoLLM):
+class NemoVLM(NimSettings, BaseNemoLLM):
     """A NIM vision-language model (OpenAI-compatible), with every model quirk handled.
 
     ``base_url``: the argument, else ``NVIDIA_BASE_URL``, else NVIDIA's hosted API
@@ -51,7 +51,7 @@ class NemoVLM(NimSettings, _NemoLLM):
         )
 
 
-class NemoVLMMultiModal(NimSettings, _NemoMultiModal):
+class NemoVLMMultiModal(NimSettings, BaseNemoMultiModal):
     """``NemoVLM`` as a ``MultiModalLLM``: ``complete(prompt, image_documents=[...])``."""
 
     _llm_class = NemoVLM
