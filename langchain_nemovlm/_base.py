@@ -286,8 +286,7 @@ class _StreamTail:
         self.response_id = delta.response_id or self.response_id
         self.reply_model = delta.model or self.reply_model
         self.metadata.update(delta.metadata)
-        if not (delta.text or delta.reasoning or delta.tool_call_chunks or delta.tool_calls
-                or delta.invalid_tool_calls or delta.usage):  # fmt: skip
+        if delta.is_empty():
             return None
         return ChatGenerationChunk(message=process_delta(delta))
 

@@ -336,7 +336,7 @@ class ChatResponseAccumulator:
             entry[1] = entry[1] or chunk.name
             entry[2].append(chunk.arguments)
         self.whole.extend(delta.tool_calls)
-        if not (delta.text or delta.reasoning or delta.tool_call_chunks or delta.tool_calls):
+        if delta.is_empty():
             return None
         calls: list[tuple[str | None, str, dict[str, Any] | str]] = [
             (call_id, name or "", "".join(pieces))
