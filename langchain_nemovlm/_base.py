@@ -25,7 +25,7 @@ from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field
 
 from langchain_nemovlm._convert import (
     map_messages,
@@ -33,7 +33,6 @@ from langchain_nemovlm._convert import (
     process_reply,
     process_response_metadata,
 )
-from nemovlm.backends import ChatBackend
 from nemovlm.errors import UnsupportedInputError
 from nemovlm.messages import Delta, ToolSpec, Turn
 from nemovlm.options import RequestOptions
@@ -63,19 +62,6 @@ class BaseChatNemo(CommonSettings, BaseChatModel):
     """``invoke`` streams under the hood (so callbacks see tokens)."""
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra wire parameters, sent as they are after the backend's checks."""
-
-    _backend: Any = PrivateAttr(default=None)
-
-    # --- backend ----------------------------------------------------------------
-
-    def _make_backend(self) -> ChatBackend:
-        raise NotImplementedError
-
-    @property
-    def backend(self) -> ChatBackend:
-        if self._backend is None:
-            self._backend = self._make_backend()
-        return self._backend
 
     def _resolve_model_profile(self) -> ModelProfile | None:
         p = self.nemo_profile

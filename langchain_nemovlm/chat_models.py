@@ -7,7 +7,6 @@ from typing import Any
 from pydantic import ConfigDict
 
 from langchain_nemovlm._base import BaseChatNemo, langchain_aliases
-from nemovlm.backends.nim import NIMBackend
 from nemovlm.settings import NimSettings
 
 
@@ -62,16 +61,3 @@ class ChatNemoVLM(NimSettings, BaseChatNemo):
     @classmethod
     def get_lc_namespace(cls) -> list[str]:
         return ["langchain_nemovlm", "chat_models"]
-
-    def _make_backend(self) -> NIMBackend:
-        return NIMBackend.connect(
-            self.nemo_profile,
-            base_url=self.base_url,
-            api_key=self.api_key,
-            timeout=self.timeout,
-            max_retries=self.max_retries,
-            default_headers=self.default_headers,
-            http_client=self.http_client,
-            async_http_client=self.async_http_client,
-            policy=self.media_policy(),
-        )

@@ -13,11 +13,9 @@ from pydantic import ConfigDict
 
 from langchain_nemovlm._base import BaseChatNemo, langchain_aliases
 from nemovlm.backends.fal import (
-    FalBackend,
     ProgressCallback,
     QueueUpdate,
     report_queue_progress,
-    resolve_fal_key,
 )
 from nemovlm.settings import FalSettings
 
@@ -95,16 +93,6 @@ class ChatNemoFal(FalSettings, BaseChatNemo):
     @classmethod
     def get_lc_namespace(cls) -> list[str]:
         return ["langchain_nemovlm", "fal"]
-
-    def _make_backend(self) -> FalBackend:
-        return FalBackend(
-            profile=self.nemo_profile,
-            api_key=resolve_fal_key(self.api_key),
-            timeout=self.timeout,
-            poll_interval=self.poll_interval,
-            upload_threshold_bytes=self.upload_threshold_bytes,
-            policy=self.media_policy(),
-        )
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = super()._get_ls_params(stop=stop, **kwargs)

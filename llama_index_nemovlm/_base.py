@@ -48,7 +48,6 @@ from llama_index_nemovlm._convert import (
     process_tool_selections,
     tool_spec_from_llama_index,
 )
-from nemovlm.backends import ChatBackend
 from nemovlm.messages import TextPart, Turn
 from nemovlm.options import RequestOptions
 from nemovlm.settings import CommonSettings
@@ -76,20 +75,6 @@ class _LlamaIndexSettings(CommonSettings):
 
 class BaseNemoLLM(_LlamaIndexSettings, FunctionCallingLLM):
     """Shared base; use ``NemoVLM`` (NIM) or ``NemoFal`` (fal)."""
-
-    _backend: Any = PrivateAttr(default=None)
-
-    # --- backend ----------------------------------------------------------------
-
-    def _make_backend(self) -> ChatBackend:
-        raise NotImplementedError
-
-    @property
-    def backend(self) -> ChatBackend:
-        """The core backend, made on first use (and again after unpickling)."""
-        if self._backend is None:
-            self._backend = self._make_backend()
-        return self._backend
 
     @property
     def metadata(self) -> LLMMetadata:

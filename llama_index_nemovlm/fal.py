@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from llama_index_nemovlm._base import BaseNemoLLM, BaseNemoMultiModal
-from nemovlm.backends.fal import FalBackend, QueueUpdate, report_queue_progress, resolve_fal_key
+from nemovlm.backends.fal import QueueUpdate, report_queue_progress
 from nemovlm.settings import FalSettings
 
 
@@ -53,16 +53,6 @@ class NemoFal(FalSettings, _QueueUpdates, BaseNemoLLM):
     @classmethod
     def class_name(cls) -> str:
         return "NemoFal"
-
-    def _make_backend(self) -> FalBackend:
-        return FalBackend(
-            profile=self.nemo_profile,
-            api_key=resolve_fal_key(self.api_key),
-            timeout=self.timeout,
-            poll_interval=self.poll_interval,
-            upload_threshold_bytes=self.upload_threshold_bytes,
-            policy=self.media_policy(),
-        )
 
     def _reporting(self) -> AbstractContextManager[Any]:
         if self.on_queue_update is None:

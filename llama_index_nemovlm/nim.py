@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from llama_index_nemovlm._base import BaseNemoLLM, BaseNemoMultiModal
-from nemovlm.backends.nim import NIMBackend
 from nemovlm.settings import NimSettings
 
 
@@ -36,19 +35,6 @@ class NemoVLM(NimSettings, BaseNemoLLM):
     @classmethod
     def class_name(cls) -> str:
         return "NemoVLM"
-
-    def _make_backend(self) -> NIMBackend:
-        return NIMBackend.connect(
-            self.nemo_profile,
-            base_url=self.base_url,
-            api_key=self.api_key,
-            timeout=self.timeout,
-            max_retries=self.max_retries,
-            default_headers=self.default_headers,
-            http_client=self.http_client,
-            async_http_client=self.async_http_client,
-            policy=self.media_policy(),
-        )
 
 
 class NemoVLMMultiModal(NimSettings, BaseNemoMultiModal):

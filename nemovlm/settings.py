@@ -7,7 +7,8 @@ an adapter adds only its framework's spellings (LangChain's ``model_name`` alias
 what has no meaning outside it (``streaming``, callbacks).
 
 The neutral objects are derived here: ``request_options`` (``RequestOptions``: fields,
-then per-call arguments on top), ``media_policy`` (``MediaPolicy``) and ``nemo_profile``.
+then per-call arguments on top), ``media_policy`` (``MediaPolicy``), ``nemo_profile``,
+and ``backend`` (the core backend the adapter calls, made on first use).
 A setting added to one of these classes, and read in the method that derives its
 neutral object, reaches both frameworks and the wire.
 """
@@ -18,13 +19,18 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr
 
 from nemovlm.media import MediaPolicy
 from nemovlm.options import ImageTransport, RequestOptions, build_options
 from nemovlm.profiles import Backend, ModelProfile, get_profile
+
+if TYPE_CHECKING:
+    from nemovlm.backends import ChatBackend
+    from nemovlm.backends.fal import FalBackend
+    from nemovlm.backends.nim import NIMBackend
 
 # nemovlm.backends.fal.UPLOAD_THRESHOLD_BYTES; not imported, so the core's settings load
 # without the ``fal`` extra.
@@ -80,6 +86,19 @@ class CommonSettings(BaseModel):
         default=None,
         description="Replace fields of the model's nemovlm profile (see nemovlm.profiles).",
     )
+
+    _backend: Any = PrivateAttr(default=None)
+
+    def make_backend(self) -> ChatBackend:
+        """A new core backend for these settings."""
+        raise NotImplementedError
+
+    @property
+    def backend(self) -> ChatBackend:
+        """The core backend, made on first use (and again after unpickling)."""
+        if self._backend is None:
+            self._backend = self.make_backend()
+        return self._backend
 
     @property
     def nemo_profile(self) -> ModelProfile:
@@ -159,6 +178,21 @@ class NimSettings(CommonSettings):
         default=None, description="Most tiles an image or frame is cut into (Nano 12B v2 VL)."
     )
 
+    def make_backend(self) -> NIMBackend:
+        from nemovlm.backends.nim import NIMBackend
+
+        return NIMBackend.connect(
+            self.nemo_profile,
+            base_url=self.base_url,
+            api_key=self.api_key,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            default_headers=self.default_headers,
+            http_client=self.http_client,
+            async_http_client=self.async_http_client,
+            policy=self.media_policy(),
+        )
+
     def media_policy(self) -> MediaPolicy:
         return replace(super().media_policy(), http_client=self.http_client)
 
@@ -199,6 +233,18 @@ class FalSettings(CommonSettings):
     threshold: float | None = Field(
         default=None, description="Diffusion VLM confidence threshold (0..1); None: the app's 0.9."
     )
+
+    def make_backend(self) -> FalBackend:
+        from nemovlm.backends.fal import FalBackend, resolve_fal_key
+
+        return FalBackend(
+            profile=self.nemo_profile,
+            api_key=resolve_fal_key(self.api_key),
+            timeout=self.timeout,
+            poll_interval=self.poll_interval,
+            upload_threshold_bytes=self.upload_threshold_bytes,
+            policy=self.media_policy(),
+        )
 
     def request_options(
         self,
