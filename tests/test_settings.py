@@ -77,19 +77,25 @@ def test_fal_upload_threshold_default_is_the_backends() -> None:
 
 
 def test_langchain_spellings_of_core_settings_still_work(nim_url: str) -> None:
+    aclient = object()
     llm = ChatNemoVLM(
         model_name=NANO12,
         max_completion_tokens=5,
         stop_sequences=["x"],
         nvidia_base_url=nim_url,
-        http_async_client=None,
+        nvidia_api_key="nvapi-key",
+        http_async_client=aclient,
     )
     assert (llm.model, llm.max_tokens, llm.stop, llm.base_url) == (NANO12, 5, ["x"], nim_url)
-    fal = ChatNemoFal(model=DIFFUSION, inference_steps=64, fal_key="k")
-    assert (fal.num_inference_steps, fal.api_key.get_secret_value() if fal.api_key else "") == (
-        64,
-        "k",
-    )
+    assert llm.api_key is not None and llm.api_key.get_secret_value() == "nvapi-key"
+    assert llm.http_async_client is aclient
+    assert llm.backend.async_http_client is aclient
+
+
+def test_langchain_spellings_of_fal_settings_still_work() -> None:
+    llm = ChatNemoFal(model=DIFFUSION, inference_steps=64, fal_key="fal-key")
+    assert llm.num_inference_steps == 64
+    assert llm.api_key is not None and llm.api_key.get_secret_value() == "fal-key"
 
 
 # --- request settings reach the wire, the same from both frameworks -------------------
