@@ -1,16 +1,19 @@
-"""What ``ChatNemoVLM`` and ``ChatNemoFal`` share: fields, the call flow, tools, structured output.
+"""What ``ChatNemoVLM`` and ``ChatNemoFal`` share: the call flow, tools, structured output.
+
+The settings themselves are the core's (``nemovlm.settings``); this module adds
+LangChain's spellings (``model_name``, ``max_completion_tokens``, ``stop_sequences``)
+and LangChain-only fields (``stop``, ``streaming``, ``model_kwargs``).
 
 Flow: ``_generate``/``_agenerate``/``_stream``/``_astream`` -> ``_request`` (messages ->
-turns via ``_convert._map_messages``, fields + call kwargs -> ``RequestOptions``) ->
-``self._backend`` (a core backend: NIM or fal) -> ``Reply``/``Delta`` ->
-``_convert._process_reply``/``_process_delta``.
+turns via ``_convert.map_messages``, fields + call kwargs -> ``RequestOptions`` via the
+settings' ``request_options``) -> ``self.backend`` (a core backend: NIM or fal) ->
+``Reply``/``Delta`` -> ``_convert.process_reply``/``process_delta``.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput, ModelProfile
@@ -22,78 +25,43 @@ from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field
 
 from langchain_nemovlm._convert import (
-    _map_messages,
-    _process_delta,
-    _process_reply,
-    _response_metadata,
+    map_messages,
+    process_delta,
+    process_reply,
+    process_response_metadata,
 )
-from nemovlm.backends import ChatBackend
 from nemovlm.errors import UnsupportedInputError
-from nemovlm.media import MediaPolicy, media_policy
 from nemovlm.messages import Delta, ToolSpec, Turn
-from nemovlm.options import RequestOptions, build_options, option_settings
-from nemovlm.profiles import Backend, get_profile
-from nemovlm.profiles import ModelProfile as NemoProfile
+from nemovlm.options import RequestOptions
+from nemovlm.settings import CommonSettings
 from nemovlm.tools import normalize_tool_choice
 
+# LangChain's spellings of the core's settings, accepted as well as the core's names.
+_ALIASES = {"model": "model_name", "max_tokens": "max_completion_tokens"}
 
-class _NemoChatModel(BaseChatModel):
+
+def langchain_aliases(**more: str) -> Callable[[str], str]:
+    """An ``alias_generator``: the core's field names, spelled LangChain's way."""
+    names = {**_ALIASES, **more}
+    return lambda name: names.get(name, name)
+
+
+class BaseChatNemo(CommonSettings, BaseChatModel):
     """Shared base; use ``ChatNemoVLM`` (NIM) or ``ChatNemoFal`` (fal)."""
 
-    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(
+        populate_by_name=True, arbitrary_types_allowed=True, alias_generator=langchain_aliases()
+    )
 
-    model: str = Field(alias="model_name")
-    """Model id, e.g. ``nvidia/nemotron-nano-12b-v2-vl``."""
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = Field(default=None, alias="max_completion_tokens")
-    seed: int | None = None
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
-    reasoning: bool | None = None
-    """``None``: the model's default; ``True``/``False``: switched the model's own way."""
-    include_reasoning: bool = True
-    """``False`` asks the server to leave the reasoning out (DiffusionGemma, non-streaming)."""
-    timeout: float | None = 60.0
-    max_retries: int = 2
+    """Stop sequences for every call (a call's own ``stop`` wins)."""
     streaming: bool = False
     """``invoke`` streams under the hood (so callbacks see tokens)."""
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra wire parameters, sent as they are after the backend's checks."""
-    allowed_media_dirs: list[Path] = Field(default_factory=list)
-    """Directories from which a bare path or ``file://`` URL inside message content may
-    be read. Empty (default): such strings are refused, since content may come from a
-    tool or a web page."""
-    downscale_images: bool = True
-    """Shrink images larger than the model can use before sending them."""
-    max_image_pixels: int | None = None
-    """Pixel budget for the downscale; ``None``: the model profile's."""
-    profile_overrides: dict[str, Any] | None = None
-    """Replace fields of the model's ``nemovlm`` profile (see ``nemovlm.profiles``)."""
-
-    _backend: Any = PrivateAttr(default=None)
-    _backend_kind: ClassVar[Backend] = "nim"
-
-    # --- backend ----------------------------------------------------------------
-
-    def _make_backend(self) -> ChatBackend:
-        raise NotImplementedError
-
-    @property
-    def backend(self) -> ChatBackend:
-        if self._backend is None:
-            self._backend = self._make_backend()
-        return self._backend
-
-    @property
-    def nemo_profile(self) -> NemoProfile:
-        """The ``nemovlm`` profile in force (quirks, limits, prices)."""
-        return get_profile(self.model, self.profile_overrides, backend=self._backend_kind)
-
-    def _media_policy(self) -> MediaPolicy:
-        return media_policy(self)
 
     def _resolve_model_profile(self) -> ModelProfile | None:
         p = self.nemo_profile
@@ -153,16 +121,15 @@ class _NemoChatModel(BaseChatModel):
             raise UnsupportedInputError(
                 f"This instance serves {self.model}; create another for {model}."
             )
-        settings = option_settings(self)
         overrides = dict(kwargs)
         if "tools" in overrides:
-            overrides["tools"] = [_map_tool(t) for t in overrides["tools"]]
-        return build_options(settings, overrides, extra=self.model_kwargs, stop=stop or self.stop)
+            overrides["tools"] = [_tool_spec_from_openai(t) for t in overrides["tools"]]
+        return self.request_options(overrides, extra=self.model_kwargs, stop=stop or self.stop)
 
     def _request(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
     ) -> tuple[list[Turn], RequestOptions]:
-        return _map_messages(messages, self._media_policy()), self._options(stop, kwargs)
+        return map_messages(messages, self.media_policy()), self._options(stop, kwargs)
 
     # --- calls ------------------------------------------------------------------
 
@@ -179,7 +146,7 @@ class _NemoChatModel(BaseChatModel):
             return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
         turns, options = self._request(messages, stop, kwargs)
         reply = self.backend.complete(turns, options)
-        return ChatResult(generations=[ChatGeneration(message=_process_reply(reply, self.model))])
+        return ChatResult(generations=[ChatGeneration(message=process_reply(reply, self.model))])
 
     async def _agenerate(
         self,
@@ -194,7 +161,7 @@ class _NemoChatModel(BaseChatModel):
             return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
         turns, options = self._request(messages, stop, kwargs)
         reply = await self.backend.acomplete(turns, options)
-        return ChatResult(generations=[ChatGeneration(message=_process_reply(reply, self.model))])
+        return ChatResult(generations=[ChatGeneration(message=process_reply(reply, self.model))])
 
     def _stream(
         self,
@@ -247,7 +214,7 @@ class _NemoChatModel(BaseChatModel):
         formatted = [convert_to_openai_tool(t) for t in tools]
         if tool_choice is not None:
             kwargs["tool_choice"] = normalize_tool_choice(
-                tool_choice, tuple(_map_tool(t) for t in formatted)
+                tool_choice, tuple(_tool_spec_from_openai(t) for t in formatted)
             )
         return super().bind(tools=formatted, **kwargs)
 
@@ -305,18 +272,18 @@ class _StreamTail:
         self.response_id = delta.response_id or self.response_id
         self.reply_model = delta.model or self.reply_model
         self.metadata.update(delta.metadata)
-        if not (delta.text or delta.reasoning or delta.tool_call_chunks or delta.tool_calls
-                or delta.invalid_tool_calls or delta.usage):  # fmt: skip
+        if delta.is_empty():
             return None
-        return ChatGenerationChunk(message=_process_delta(delta))
+        return ChatGenerationChunk(message=process_delta(delta))
 
     def last(self) -> ChatGenerationChunk:
-        meta = _response_metadata(
+        meta = process_response_metadata(
             self.reply_model or self.model, self.finish_reason, self.response_id, self.metadata
         )
-        return ChatGenerationChunk(message=_process_delta(Delta(), meta))
+        return ChatGenerationChunk(message=process_delta(Delta(), meta))
 
 
-def _map_tool(tool: dict[str, Any]) -> ToolSpec:
+def _tool_spec_from_openai(tool: dict[str, Any]) -> ToolSpec:
+    """An OpenAI tool dict (``convert_to_openai_tool``'s) as the core's ``ToolSpec``."""
     fn = tool.get("function", tool)
     return ToolSpec(fn["name"], fn.get("description", ""), fn.get("parameters") or {})

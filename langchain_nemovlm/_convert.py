@@ -1,8 +1,8 @@
 """LangChain objects <-> the neutral conversation. No wire logic here.
 
-In: ``_map_messages`` turns ``BaseMessage``s into ``Turn``s (``_map_content_block``
+In: ``map_messages`` turns ``BaseMessage``s into ``Turn``s (``_map_content_block``
 accepts OpenAI-style ``image_url``/``video_url`` parts and standard ``image``/``video``
-blocks, v0 and v1). Out: ``_process_reply`` and ``_process_delta`` build the
+blocks, v0 and v1). Out: ``process_reply`` and ``process_delta`` build the
 ``AIMessage`` / ``AIMessageChunk`` a LangChain user expects (reasoning in
 ``additional_kwargs["reasoning_content"]``, ``usage_metadata``, tool calls).
 """
@@ -53,7 +53,7 @@ _ROLES: dict[str, Role] = {
 }
 
 
-def _map_messages(messages: Sequence[BaseMessage], policy: MediaPolicy) -> list[Turn]:
+def map_messages(messages: Sequence[BaseMessage], policy: MediaPolicy) -> list[Turn]:
     return [_map_message(m, policy) for m in messages]
 
 
@@ -165,17 +165,19 @@ def media_block(path: str | Path) -> dict[str, Any]:
 def _process_usage(usage: Usage | None) -> UsageMetadata | None:
     if usage is None:
         return None
-    meta = UsageMetadata(
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        total_tokens=usage.total_tokens or usage.input_tokens + usage.output_tokens,
-    )
+    # langchain-core 1.8 imports NotRequired from ``typing`` (3.11+), so mypy checking
+    # for Python 3.10 reads the optional detail keys as required.
+    meta: UsageMetadata = {  # type: ignore[typeddict-item]
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "total_tokens": usage.total_tokens or usage.input_tokens + usage.output_tokens,
+    }
     if usage.reasoning_tokens is not None:
         meta["output_token_details"] = {"reasoning": usage.reasoning_tokens}
     return meta
 
 
-def _response_metadata(
+def process_response_metadata(
     model: str | None, finish_reason: str | None, response_id: str | None, extra: dict[str, Any]
 ) -> dict[str, Any]:
     meta: dict[str, Any] = {"model_name": model, "model_provider": "nvidia"}
@@ -187,7 +189,7 @@ def _response_metadata(
     return meta
 
 
-def _process_reply(reply: Reply, model: str) -> AIMessage:
+def process_reply(reply: Reply, model: str) -> AIMessage:
     extra: dict[str, Any] = {}
     if reply.reasoning:
         extra["reasoning_content"] = reply.reasoning
@@ -200,14 +202,14 @@ def _process_reply(reply: Reply, model: str) -> AIMessage:
             for c in reply.invalid_tool_calls
         ],
         usage_metadata=_process_usage(reply.usage),
-        response_metadata=_response_metadata(
+        response_metadata=process_response_metadata(
             reply.model or model, reply.finish_reason, reply.response_id, reply.metadata
         ),
         id=reply.response_id,
     )
 
 
-def _process_delta(delta: Delta, response_metadata: dict[str, Any] | None = None) -> AIMessageChunk:
+def process_delta(delta: Delta, response_metadata: dict[str, Any] | None = None) -> AIMessageChunk:
     """One chunk; ``response_metadata`` goes on the last chunk only, because LangChain
     concatenates string metadata when it adds chunks."""
     extra: dict[str, Any] = {}

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from langchain_core.utils import secret_from_env
-from pydantic import Field, SecretStr
+from pydantic import ConfigDict
 
-from langchain_nemovlm._base import _NemoChatModel
-from nemovlm.backends.nim import NIMBackend
+from langchain_nemovlm._base import BaseChatNemo, langchain_aliases
+from nemovlm.settings import NimSettings
 
 
-class ChatNemoVLM(_NemoChatModel):
+class ChatNemoVLM(NimSettings, BaseChatNemo):
     """A NIM vision-language model (OpenAI-compatible), with every model quirk handled.
 
     ``base_url``: the argument, else ``NVIDIA_BASE_URL``, else NVIDIA's hosted API
@@ -38,20 +37,18 @@ class ChatNemoVLM(_NemoChatModel):
     protocol otherwise); ``with_structured_output``.
     """
 
-    base_url: str | None = Field(default=None, alias="nvidia_base_url")
-    api_key: SecretStr | None = Field(
-        default_factory=secret_from_env("NVIDIA_API_KEY", default=None), alias="nvidia_api_key"
+    model_config = ConfigDict(
+        alias_generator=langchain_aliases(
+            base_url="nvidia_base_url",
+            api_key="nvidia_api_key",
+            async_http_client="http_async_client",
+        )
     )
-    image_transport: Literal["parts", "img_tag"] = "parts"
-    """``img_tag`` sends images as ``<img src=...>`` in plain text (Llama Nano VL 8B)."""
-    video_fps: float | None = None
-    video_num_frames: int | None = None
-    max_num_tiles: int | None = None
-    default_headers: dict[str, str] | None = None
-    http_client: Any = Field(default=None, exclude=True)
-    """An HTTP client of your own (proxies, custom TLS) for sync calls, of the type the
-    installed ``openai`` SDK takes (``httpx.Client``; ``httpx2.Client`` with openai 3.x)."""
-    http_async_client: Any = Field(default=None, exclude=True)
+
+    @property
+    def http_async_client(self) -> Any:
+        """LangChain's name for ``async_http_client`` (the argument takes either)."""
+        return self.async_http_client
 
     @property
     def _llm_type(self) -> str:
@@ -64,16 +61,3 @@ class ChatNemoVLM(_NemoChatModel):
     @classmethod
     def get_lc_namespace(cls) -> list[str]:
         return ["langchain_nemovlm", "chat_models"]
-
-    def _make_backend(self) -> NIMBackend:
-        return NIMBackend.connect(
-            self.nemo_profile,
-            base_url=self.base_url,
-            api_key=self.api_key,
-            timeout=self.timeout,
-            max_retries=self.max_retries,
-            default_headers=self.default_headers,
-            http_client=self.http_client,
-            async_http_client=self.http_async_client,
-            policy=self._media_policy(),
-        )

@@ -3,30 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models.chat_models import LangSmithParams
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from langchain_core.utils import secret_from_env
-from pydantic import Field, SecretStr
+from pydantic import ConfigDict
 
-from langchain_nemovlm._base import _NemoChatModel
+from langchain_nemovlm._base import BaseChatNemo, langchain_aliases
 from nemovlm.backends.fal import (
-    UPLOAD_THRESHOLD_BYTES,
-    FalBackend,
     ProgressCallback,
     QueueUpdate,
     report_queue_progress,
-    resolve_fal_key,
-    with_diffusion_settings,
 )
-from nemovlm.options import RequestOptions
-from nemovlm.profiles import Backend
+from nemovlm.settings import FalSettings
 
 
-class ChatNemoFal(_NemoChatModel):
+class ChatNemoFal(FalSettings, BaseChatNemo):
     """A vision-language model served on fal's queue, through ``fal-client``.
 
     Models: ``fal-ai/nemotron-diffusion-vlm`` (exactly one image and a prompt) and
@@ -84,23 +78,9 @@ class ChatNemoFal(_NemoChatModel):
     errors on its own.
     """
 
-    _backend_kind: ClassVar[Backend] = "fal"
-
-    api_key: SecretStr | None = Field(
-        default_factory=secret_from_env("FAL_KEY", default=None), alias="fal_key"
+    model_config = ConfigDict(
+        alias_generator=langchain_aliases(api_key="fal_key", num_inference_steps="inference_steps")
     )
-    timeout: float | None = 300.0
-    """Seconds for the whole queued request (queue wait included); more than 1."""
-    poll_interval: float = 0.1
-    """Seconds between queue status polls."""
-    upload_threshold_bytes: int = UPLOAD_THRESHOLD_BYTES
-    """Inline media up to this size; upload anything larger."""
-    num_inference_steps: int | None = Field(default=None, alias="inference_steps")
-    """Diffusion VLM decoding steps (1..1024); ``None``: 256 rounded up to fit."""
-    block_length: int | None = None
-    """Diffusion VLM block length (8..128); ``None``: the app's 32."""
-    threshold: float | None = None
-    """Diffusion VLM confidence threshold (0..1); ``None``: the app's 0.9."""
 
     @property
     def _llm_type(self) -> str:
@@ -114,28 +94,10 @@ class ChatNemoFal(_NemoChatModel):
     def get_lc_namespace(cls) -> list[str]:
         return ["langchain_nemovlm", "fal"]
 
-    def _make_backend(self) -> FalBackend:
-        return FalBackend(
-            profile=self.nemo_profile,
-            api_key=resolve_fal_key(self.api_key),
-            timeout=self.timeout,
-            poll_interval=self.poll_interval,
-            upload_threshold_bytes=self.upload_threshold_bytes,
-            policy=self._media_policy(),
-        )
-
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = super()._get_ls_params(stop=stop, **kwargs)
         params["ls_provider"] = "fal"
         return params
-
-    def _options(self, stop: list[str] | None, kwargs: dict[str, Any]) -> RequestOptions:
-        return with_diffusion_settings(
-            super()._options(stop, kwargs),
-            num_inference_steps=self.num_inference_steps,
-            block_length=self.block_length,
-            threshold=self.threshold,
-        )
 
     # --- calls: the same flow as the base, with queue progress sent to callbacks ---
 

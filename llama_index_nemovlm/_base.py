@@ -1,18 +1,21 @@
-"""What ``NemoVLM``/``NemoFal`` and their multi-modal twins share: fields, the call flow, tools.
+"""What ``NemoVLM``/``NemoFal`` and their multi-modal twins share: the call flow, tools.
+
+The settings are the core's (``nemovlm.settings``); ``_LlamaIndexSettings`` adds what
+only LlamaIndex has (``additional_kwargs``, keys never serialised).
 
 Flow: ``chat``/``stream_chat``/``complete``/``stream_complete`` and the async twins ->
-``_turns`` (``_convert._map_messages``) -> ``_call``/``_stream_call`` (fields + call kwargs
--> ``RequestOptions`` in ``_options``) -> ``self.backend`` (a core backend: NIM or fal)
--> ``Reply``/``Delta`` -> ``_convert._process_reply`` / ``_convert._StreamState``.
-The multi-modal classes hold one such LLM and call the same ``_call``s, so an image
-document goes through the same mapping as an ``ImageBlock``.
+``_turns`` (``_convert.map_messages``) -> ``_call``/``_stream_call`` (fields + call
+kwargs -> ``RequestOptions`` in ``_options``, via the settings' ``request_options``) ->
+``self.backend`` (a core backend: NIM or fal) -> ``Reply``/``Delta`` ->
+``_convert.process_reply`` / ``_convert.ChatResponseAccumulator``. The multi-modal
+classes hold one such LLM and call the same ``_call``s, so an image document goes
+through the same mapping as an ``ImageBlock``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from llama_index.core.base.llms.types import (
@@ -34,22 +37,20 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.multi_modal_llms import MultiModalLLM, MultiModalLLMMetadata
 from llama_index.core.schema import ImageDocument, ImageNode
-from pydantic import BaseModel, Field, PrivateAttr, SecretStr, field_serializer
+from pydantic import Field, PrivateAttr, SecretStr, field_serializer
 
 from llama_index_nemovlm._convert import (
-    _map_image_document,
-    _map_messages,
-    _map_tool,
-    _process_completion,
-    _process_reply,
-    _process_tool_selections,
-    _StreamState,
+    ChatResponseAccumulator,
+    map_image_document,
+    map_messages,
+    process_completion,
+    process_reply,
+    process_tool_selections,
+    tool_spec_from_llama_index,
 )
-from nemovlm.backends import ChatBackend
-from nemovlm.media import MediaPolicy, media_policy
 from nemovlm.messages import TextPart, Turn
-from nemovlm.options import RequestOptions, build_options, option_settings
-from nemovlm.profiles import Backend, ModelProfile, get_profile
+from nemovlm.options import RequestOptions
+from nemovlm.settings import CommonSettings
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
@@ -57,10 +58,8 @@ if TYPE_CHECKING:
 ImageDocuments = Sequence[ImageNode | ImageDocument | ImageBlock]
 
 
-class _NemoSettings(BaseModel):
-    """Fields every class here has, NIM or fal, chat or multi-modal."""
-
-    _backend_kind: ClassVar[Backend] = "nim"
+class _LlamaIndexSettings(CommonSettings):
+    """What every class here adds to the core's settings, NIM or fal, chat or multi-modal."""
 
     @field_serializer("api_key", check_fields=False)
     def _never_the_key(self, value: SecretStr | None) -> None:
@@ -68,67 +67,14 @@ class _NemoSettings(BaseModel):
         # reads its key from the environment, as it would when made without one.
         return None
 
-    model: str = Field(description="Model id, e.g. nvidia/nemotron-nano-12b-v2-vl.")
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = Field(default=None, description="Most tokens to generate.")
-    seed: int | None = None
-    reasoning: bool | None = Field(
-        default=None,
-        description="None: the model's default; True/False: switched the model's own way.",
-    )
-    include_reasoning: bool = Field(
-        default=True,
-        description="False asks the server to leave the reasoning out "
-        "(DiffusionGemma, non-streaming).",
-    )
-    timeout: float | None = 60.0
-    max_retries: int = 2
     additional_kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra wire parameters, sent as they are after the backend's checks.",
     )
-    allowed_media_dirs: list[Path] = Field(
-        default_factory=list,
-        description="Directories from which a bare path or file:// URL given as an "
-        "ImageBlock/VideoBlock url may be read. Empty (default): such strings are "
-        "refused. ImageBlock(path=...) is always read.",
-    )
-    downscale_images: bool = Field(
-        default=True, description="Shrink images larger than the model can use."
-    )
-    max_image_pixels: int | None = Field(
-        default=None, description="Pixel budget for the downscale; None: the profile's."
-    )
-    profile_overrides: dict[str, Any] | None = Field(
-        default=None, description="Replace fields of the model's nemovlm profile."
-    )
-
-    @property
-    def nemo_profile(self) -> ModelProfile:
-        """The ``nemovlm`` profile in force (quirks, limits, prices)."""
-        return get_profile(self.model, self.profile_overrides, backend=self._backend_kind)
-
-    def _media_policy(self) -> MediaPolicy:
-        return media_policy(self)
 
 
-class _NemoLLM(_NemoSettings, FunctionCallingLLM):
+class BaseNemoLLM(_LlamaIndexSettings, FunctionCallingLLM):
     """Shared base; use ``NemoVLM`` (NIM) or ``NemoFal`` (fal)."""
-
-    _backend: Any = PrivateAttr(default=None)
-
-    # --- backend ----------------------------------------------------------------
-
-    def _make_backend(self) -> ChatBackend:
-        raise NotImplementedError
-
-    @property
-    def backend(self) -> ChatBackend:
-        """The core backend, made on first use (and again after unpickling)."""
-        if self._backend is None:
-            self._backend = self._make_backend()
-        return self._backend
 
     @property
     def metadata(self) -> LLMMetadata:
@@ -145,16 +91,15 @@ class _NemoLLM(_NemoSettings, FunctionCallingLLM):
     # --- request ----------------------------------------------------------------
 
     def _options(self, kwargs: dict[str, Any]) -> RequestOptions:
-        settings = option_settings(self)
         overrides = dict(kwargs)
         stop = overrides.pop("stop", None)
         overrides.pop("formatted", None)  # LlamaIndex's complete() flag, not a parameter
         if overrides.get("tools") is not None:
-            overrides["tools"] = [_map_tool(t) for t in overrides["tools"]]
-        return build_options(settings, overrides, extra=self.additional_kwargs, stop=stop)
+            overrides["tools"] = [tool_spec_from_llama_index(t) for t in overrides["tools"]]
+        return self.request_options(overrides, extra=self.additional_kwargs, stop=stop)
 
     def _turns(self, messages: Sequence[ChatMessage]) -> list[Turn]:
-        return _map_messages(messages, self._media_policy())
+        return map_messages(messages, self.media_policy())
 
     # --- neutral calls (shared with the multi-modal classes) --------------------
 
@@ -166,19 +111,19 @@ class _NemoLLM(_NemoSettings, FunctionCallingLLM):
         options = self._options(kwargs)
         with self._reporting():
             reply = self.backend.complete(turns, options)
-        return _process_reply(reply, self.model)
+        return process_reply(reply, self.model)
 
     async def _acall(self, turns: list[Turn], kwargs: dict[str, Any]) -> ChatResponse:
         options = self._options(kwargs)
         with self._reporting():
             reply = await self.backend.acomplete(turns, options)
-        return _process_reply(reply, self.model)
+        return process_reply(reply, self.model)
 
     def _stream_call(self, turns: list[Turn], kwargs: dict[str, Any]) -> ChatResponseGen:
         options = self._options(kwargs)
 
         def gen() -> ChatResponseGen:
-            state = _StreamState(self.model)
+            state = ChatResponseAccumulator(self.model)
             deltas = self.backend.stream(turns, options)
             while True:
                 # Not across the yield: the caller's code between chunks is not ours.
@@ -197,7 +142,7 @@ class _NemoLLM(_NemoSettings, FunctionCallingLLM):
         options = self._options(kwargs)
 
         async def gen() -> ChatResponseAsyncGen:
-            state = _StreamState(self.model)
+            state = ChatResponseAccumulator(self.model)
             deltas = aiter(self.backend.astream(turns, options))
             while True:
                 with self._reporting():
@@ -233,13 +178,13 @@ class _NemoLLM(_NemoSettings, FunctionCallingLLM):
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return _process_completion(self._call(_prompt_turns(prompt), kwargs))
+        return process_completion(self._call(_prompt_turns(prompt), kwargs))
 
     @llm_completion_callback()
     async def acomplete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponse:
-        return _process_completion(await self._acall(_prompt_turns(prompt), kwargs))
+        return process_completion(await self._acall(_prompt_turns(prompt), kwargs))
 
     @llm_completion_callback()
     def stream_complete(
@@ -274,7 +219,7 @@ class _NemoLLM(_NemoSettings, FunctionCallingLLM):
             user_msg = ChatMessage(role=MessageRole.USER, content=user_msg)
         if user_msg is not None:
             messages.append(user_msg)
-        specs = [_map_tool(t) for t in tools]
+        specs = [tool_spec_from_llama_index(t) for t in tools]
         prepared: dict[str, Any] = {"messages": messages, **kwargs}
         if specs:
             prepared["tools"] = specs
@@ -304,10 +249,10 @@ class _NemoLLM(_NemoSettings, FunctionCallingLLM):
     ) -> list[ToolSelection]:
         """The response's tool calls as ``ToolSelection``s (``ToolCallBlock``s first, else
         OpenAI-shaped ``additional_kwargs["tool_calls"]``)."""
-        return _process_tool_selections(response, error_on_no_tool_call)
+        return process_tool_selections(response, error_on_no_tool_call)
 
 
-class _NemoMultiModal(_NemoSettings, MultiModalLLM):
+class BaseNemoMultiModal(_LlamaIndexSettings, MultiModalLLM):
     """Shared base of the ``MultiModalLLM`` classes (image RAG query engines).
 
     Holds one ``_llm_class`` instance built from the same fields and calls its
@@ -319,11 +264,11 @@ class _NemoMultiModal(_NemoSettings, MultiModalLLM):
         default=None, exclude=True, description="A BaseRateLimiter to throttle calls."
     )
 
-    _llm_class: ClassVar[type[_NemoLLM]]
-    _llm: _NemoLLM | None = PrivateAttr(default=None)
+    _llm_class: ClassVar[type[BaseNemoLLM]]
+    _llm: BaseNemoLLM | None = PrivateAttr(default=None)
 
     @property
-    def llm(self) -> _NemoLLM:
+    def llm(self) -> BaseNemoLLM:
         """The chat LLM doing the work (same model, same settings)."""
         if self._llm is None:
             shared = set(self._llm_class.model_fields) & set(type(self).model_fields)
@@ -347,21 +292,21 @@ class _NemoMultiModal(_NemoSettings, MultiModalLLM):
         return {"class_name": self.class_name(), **self.metadata.model_dump()}
 
     def _document_turns(self, prompt: str, image_documents: ImageDocuments) -> list[Turn]:
-        policy = self._media_policy()
-        media = [_map_image_document(d, policy) for d in image_documents]
+        policy = self.media_policy()
+        media = [map_image_document(d, policy) for d in image_documents]
         return [Turn("user", [*media, TextPart(prompt)] if prompt else list(media))]
 
     def complete(
         self, prompt: str, image_documents: ImageDocuments, **kwargs: Any
     ) -> CompletionResponse:
         turns = self._document_turns(prompt, image_documents)
-        return _process_completion(self.llm._call(turns, kwargs))
+        return process_completion(self.llm._call(turns, kwargs))
 
     async def acomplete(
         self, prompt: str, image_documents: ImageDocuments, **kwargs: Any
     ) -> CompletionResponse:
         turns = self._document_turns(prompt, image_documents)
-        return _process_completion(await self.llm._acall(turns, kwargs))
+        return process_completion(await self.llm._acall(turns, kwargs))
 
     def stream_complete(
         self, prompt: str, image_documents: ImageDocuments, **kwargs: Any
@@ -396,12 +341,12 @@ def _prompt_turns(prompt: str) -> list[Turn]:
 
 def _completions(responses: ChatResponseGen) -> CompletionResponseGen:
     for response in responses:
-        yield _process_completion(response)
+        yield process_completion(response)
 
 
 async def _acompletions(responses: ChatResponseAsyncGen) -> CompletionResponseAsyncGen:
     async for response in responses:
-        yield _process_completion(response)
+        yield process_completion(response)
 
 
 def _keep_first_tool_call(response: ChatResponse) -> None:

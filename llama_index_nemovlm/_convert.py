@@ -1,20 +1,21 @@
 """LlamaIndex objects <-> the neutral conversation. No wire logic here.
 
-In: ``_map_messages`` turns ``ChatMessage``s into ``Turn``s; ``_map_blocks`` handles
+In: ``map_messages`` turns ``ChatMessage``s into ``Turn``s; ``_map_blocks`` handles
 ``TextBlock``, ``ImageBlock`` and ``VideoBlock`` (``_map_image_block`` /
 ``_map_video_block``: bytes, an explicit path, or a URL string through
 ``media_from_string``), skips ``ThinkingBlock``s and reads ``ToolCallBlock``s as the
-assistant's tool calls (``_map_tool_calls``). ``_map_image_document`` does the same for
-the ``ImageNode``s a multi-modal query engine hands over, and ``_map_tool`` turns a
-LlamaIndex tool or an OpenAI tool dict into a ``ToolSpec``.
+assistant's tool calls (``_map_tool_calls``). ``map_image_document`` does the same for
+the ``ImageNode``s a multi-modal query engine hands over, and
+``tool_spec_from_llama_index`` turns a LlamaIndex tool or an OpenAI tool dict into the
+core's ``ToolSpec``.
 
-Out: ``_process_reply`` builds the ``ChatResponse`` a LlamaIndex user expects
+Out: ``process_reply`` builds the ``ChatResponse`` a LlamaIndex user expects
 (reasoning in a ``ThinkingBlock``, tool calls as ``ToolCallBlock``s and OpenAI-shaped
 ``additional_kwargs["tool_calls"]``, token counts in ``raw["usage"]`` and
-``additional_kwargs``); ``_StreamState`` does it chunk by chunk (cumulative message,
-``delta``, ``additional_kwargs["thinking_delta"]``), its last response folded by the
-core's ``assemble_reply`` so a stream ends with the same message a plain call returns.
-``_process_tool_selections`` reads tool calls back out of a response.
+``additional_kwargs``); ``ChatResponseAccumulator`` does it chunk by chunk (cumulative
+message, ``delta``, ``additional_kwargs["thinking_delta"]``), its last response folded
+by the core's ``assemble_reply`` so a stream ends with the same message a plain call
+returns. ``process_tool_selections`` reads tool calls back out of a response.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ _ROLES: dict[str, Role] = {
 # --- in ----------------------------------------------------------------------------
 
 
-def _map_messages(messages: Sequence[ChatMessage], policy: MediaPolicy) -> list[Turn]:
+def map_messages(messages: Sequence[ChatMessage], policy: MediaPolicy) -> list[Turn]:
     return [_map_message(m, policy) for m in messages]
 
 
@@ -160,7 +161,7 @@ def _map_video_block(block: VideoBlock, policy: MediaPolicy) -> MediaPart:
     return replace(part, fps=float(block.fps)) if block.fps is not None else part
 
 
-def _map_image_document(
+def map_image_document(
     document: ImageNode | ImageDocument | ImageBlock, policy: MediaPolicy
 ) -> MediaPart:
     """An ``ImageNode``/``ImageDocument`` (``image`` base64, ``image_path``, ``image_url``)
@@ -221,7 +222,7 @@ def _arguments(raw: Any, name: str) -> dict[str, Any]:
         ) from None
 
 
-def _map_tool(tool: Any) -> ToolSpec:
+def tool_spec_from_llama_index(tool: Any) -> ToolSpec:
     """A ``ToolSpec`` from a ``ToolSpec``, a LlamaIndex tool, or an OpenAI tool dict."""
     if isinstance(tool, ToolSpec):
         return tool
@@ -298,7 +299,7 @@ def _process_message(
     return ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks, additional_kwargs=extra)
 
 
-def _process_reply(reply: Reply, model: str) -> ChatResponse:
+def process_reply(reply: Reply, model: str) -> ChatResponse:
     message = _process_message(
         reply.text,
         reply.reasoning,
@@ -313,7 +314,7 @@ def _process_reply(reply: Reply, model: str) -> ChatResponse:
     )
 
 
-class _StreamState:
+class ChatResponseAccumulator:
     """Folds the core's deltas into the cumulative ``ChatResponse``s LlamaIndex streams."""
 
     def __init__(self, model: str) -> None:
@@ -335,7 +336,7 @@ class _StreamState:
             entry[1] = entry[1] or chunk.name
             entry[2].append(chunk.arguments)
         self.whole.extend(delta.tool_calls)
-        if not (delta.text or delta.reasoning or delta.tool_call_chunks or delta.tool_calls):
+        if delta.is_empty():
             return None
         calls: list[tuple[str | None, str, dict[str, Any] | str]] = [
             (call_id, name or "", "".join(pieces))
@@ -353,12 +354,12 @@ class _StreamState:
 
     def last(self) -> ChatResponse:
         """The closing response: the whole reply as a plain call returns it, empty delta."""
-        response = _process_reply(assemble_reply(self.deltas), self.model)
+        response = process_reply(assemble_reply(self.deltas), self.model)
         response.delta = ""
         return response
 
 
-def _process_completion(response: ChatResponse) -> CompletionResponse:
+def process_completion(response: ChatResponse) -> CompletionResponse:
     """A chat response as a completion; reasoning goes to ``additional_kwargs["thinking"]``
     since a completion has no blocks."""
     extra = dict(response.additional_kwargs)
@@ -375,7 +376,7 @@ def _process_completion(response: ChatResponse) -> CompletionResponse:
     )
 
 
-def _process_tool_selections(
+def process_tool_selections(
     response: ChatResponse, error_on_no_tool_call: bool
 ) -> list[ToolSelection]:
     message = response.message

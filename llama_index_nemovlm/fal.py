@@ -3,57 +3,18 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, ClassVar
+from typing import Any
 
-from pydantic import ConfigDict, Field, SecretStr
+from pydantic import BaseModel, Field
 
-from llama_index_nemovlm._base import _NemoLLM, _NemoMultiModal, _NemoSettings
-from nemovlm.backends.fal import (
-    UPLOAD_THRESHOLD_BYTES,
-    FalBackend,
-    QueueUpdate,
-    report_queue_progress,
-    resolve_fal_key,
-    with_diffusion_settings,
-)
-from nemovlm.options import RequestOptions
-from nemovlm.profiles import Backend
+from llama_index_nemovlm._base import BaseNemoLLM, BaseNemoMultiModal
+from nemovlm.backends.fal import QueueUpdate, report_queue_progress
+from nemovlm.settings import FalSettings
 
 
-def _fal_key_from_env() -> SecretStr | None:
-    value = os.environ.get("FAL_KEY")
-    return SecretStr(value) if value else None
-
-
-class _FalSettings(_NemoSettings):
-    _backend_kind: ClassVar[Backend] = "fal"
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    api_key: SecretStr | None = Field(
-        default_factory=_fal_key_from_env,
-        description="Else FAL_KEY, else FAL_KEY_ID + FAL_KEY_SECRET.",
-    )
-    timeout: float | None = Field(
-        default=300.0,
-        description="Seconds for the whole queued request (queue wait included); more than 1.",
-    )
-    poll_interval: float = Field(default=0.1, description="Seconds between queue polls.")
-    upload_threshold_bytes: int = Field(
-        default=UPLOAD_THRESHOLD_BYTES,
-        description="Inline media up to this size; upload anything larger to fal's storage.",
-    )
-    num_inference_steps: int | None = Field(
-        default=None, description="Diffusion VLM decoding steps (1..1024); None: 256 rounded up."
-    )
-    block_length: int | None = Field(
-        default=None, description="Diffusion VLM block length (8..128); None: the app's 32."
-    )
-    threshold: float | None = Field(
-        default=None, description="Diffusion VLM confidence threshold (0..1); None: 0.9."
-    )
+class _QueueUpdates(BaseModel):
     # Any: an async callback's coroutine is awaited by the async calls.
     on_queue_update: Callable[[QueueUpdate], Any] | None = Field(
         default=None,
@@ -63,7 +24,7 @@ class _FalSettings(_NemoSettings):
     )
 
 
-class NemoFal(_FalSettings, _NemoLLM):
+class NemoFal(FalSettings, _QueueUpdates, BaseNemoLLM):
     """A vision-language model served on fal's queue, through ``fal-client``.
 
     Models: ``fal-ai/nemotron-diffusion-vlm`` (exactly one image and a prompt) and
@@ -93,31 +54,13 @@ class NemoFal(_FalSettings, _NemoLLM):
     def class_name(cls) -> str:
         return "NemoFal"
 
-    def _make_backend(self) -> FalBackend:
-        return FalBackend(
-            profile=self.nemo_profile,
-            api_key=resolve_fal_key(self.api_key),
-            timeout=self.timeout,
-            poll_interval=self.poll_interval,
-            upload_threshold_bytes=self.upload_threshold_bytes,
-            policy=self._media_policy(),
-        )
-
     def _reporting(self) -> AbstractContextManager[Any]:
         if self.on_queue_update is None:
             return nullcontext()
         return report_queue_progress(self.on_queue_update)
 
-    def _options(self, kwargs: dict[str, Any]) -> RequestOptions:
-        return with_diffusion_settings(
-            super()._options(kwargs),
-            num_inference_steps=self.num_inference_steps,
-            block_length=self.block_length,
-            threshold=self.threshold,
-        )
 
-
-class NemoFalMultiModal(_FalSettings, _NemoMultiModal):
+class NemoFalMultiModal(FalSettings, _QueueUpdates, BaseNemoMultiModal):
     """``NemoFal`` as a ``MultiModalLLM``: ``complete(prompt, image_documents=[one image])``."""
 
     _llm_class = NemoFal

@@ -3,47 +3,11 @@
 
 from __future__ import annotations
 
-import os
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
-
-from llama_index_nemovlm._base import _NemoLLM, _NemoMultiModal
-from nemovlm.backends.nim import NIMBackend
+from llama_index_nemovlm._base import BaseNemoLLM, BaseNemoMultiModal
+from nemovlm.settings import NimSettings
 
 
-def _api_key_from_env() -> SecretStr | None:
-    value = os.environ.get("NVIDIA_API_KEY")
-    return SecretStr(value) if value else None
-
-
-class _NimSettings(BaseModel):
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    base_url: str | None = Field(
-        default=None,
-        description="The NIM's /v1 URL; else NVIDIA_BASE_URL, else NVIDIA's hosted API catalog.",
-    )
-    api_key: SecretStr | None = Field(
-        default_factory=_api_key_from_env,
-        description="Else NVIDIA_API_KEY; a local NIM needs none.",
-    )
-    image_transport: Literal["parts", "img_tag"] = Field(
-        default="parts",
-        description="img_tag sends images as <img src=...> in plain text (Llama Nano VL 8B).",
-    )
-    video_fps: float | None = None
-    video_num_frames: int | None = None
-    max_num_tiles: int | None = None
-    default_headers: dict[str, str] | None = None
-    http_client: Any = Field(
-        default=None, exclude=True, description="A client of your own (proxies, TLS)."
-    )
-    # The client type follows the installed openai SDK (httpx; httpx2 with openai 3.x).
-    async_http_client: Any = Field(default=None, exclude=True)
-
-
-class NemoVLM(_NimSettings, _NemoLLM):
+class NemoVLM(NimSettings, BaseNemoLLM):
     """A NIM vision-language model (OpenAI-compatible), with every model quirk handled.
 
     ``base_url``: the argument, else ``NVIDIA_BASE_URL``, else NVIDIA's hosted API
@@ -72,21 +36,8 @@ class NemoVLM(_NimSettings, _NemoLLM):
     def class_name(cls) -> str:
         return "NemoVLM"
 
-    def _make_backend(self) -> NIMBackend:
-        return NIMBackend.connect(
-            self.nemo_profile,
-            base_url=self.base_url,
-            api_key=self.api_key,
-            timeout=self.timeout,
-            max_retries=self.max_retries,
-            default_headers=self.default_headers,
-            http_client=self.http_client,
-            async_http_client=self.async_http_client,
-            policy=self._media_policy(),
-        )
 
-
-class NemoVLMMultiModal(_NimSettings, _NemoMultiModal):
+class NemoVLMMultiModal(NimSettings, BaseNemoMultiModal):
     """``NemoVLM`` as a ``MultiModalLLM``: ``complete(prompt, image_documents=[...])``."""
 
     _llm_class = NemoVLM

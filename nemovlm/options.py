@@ -72,28 +72,18 @@ _FIELDS = frozenset(
 _DROPPED = frozenset({"ls_structured_output_format", "stream_options", "model"})
 
 
-_SETTINGS = _FIELDS - {"tools", "tool_choice", "json_schema", "json_mode"}
-
-
-def option_settings(source: object) -> dict[str, Any]:
-    """The request settings a model object holds, read by field name (an adapter's
-    ``temperature``, ``video_fps``, ...), for ``build_options``."""
-    names = _SETTINGS | {"extra_body"}
-    return {name: getattr(source, name) for name in names if hasattr(source, name)}
-
-
 def build_options(
-    settings: Mapping[str, Any],
+    defaults: RequestOptions,
     overrides: Mapping[str, Any] | None = None,
     *,
     extra: Mapping[str, Any] | None = None,
     stop: Sequence[str] | None = None,
 ) -> RequestOptions:
-    """Options from a model's settings, then per-call overrides on top.
+    """``defaults`` (a model's settings, ``nemovlm.settings``), then per-call overrides.
 
     Keys that name a ``RequestOptions`` field set it (``None`` in ``overrides`` keeps
     the setting); any other override key is a backend-specific parameter and lands in
-    ``extra`` (after ``extra`` from the settings, e.g. ``model_kwargs``). ``tools``
+    ``extra`` (after ``defaults.extra`` and ``extra``, e.g. ``model_kwargs``). ``tools``
     must already be ``ToolSpec``s; ``tool_choice`` is normalised against them.
 
     ``extra_body`` (in the settings, in ``extra`` or in ``overrides``) is merged into
@@ -102,9 +92,9 @@ def build_options(
     call's. ``strict`` (an override, or in ``extra``) applies to every tool
     (``ToolSpec.strict``); it never goes on the wire as a key of its own.
     """
-    values = {k: v for k, v in settings.items() if k in _FIELDS and v is not None}
-    wire = dict(extra or {})
-    bodies = [settings.get("extra_body"), wire.pop("extra_body", None)]
+    values: dict[str, Any] = {}
+    wire = {**defaults.extra, **(extra or {})}
+    bodies = [wire.pop("extra_body", None)]
     strict = wire.pop("strict", None)  # a tool setting, never a top-level wire key
     for key, value in (overrides or {}).items():
         if key in _FIELDS:
@@ -141,11 +131,11 @@ def build_options(
         from nemovlm.tools import normalize_tool_choice
 
         values["tool_choice"] = normalize_tool_choice(
-            values["tool_choice"], values.get("tools", ())
+            values["tool_choice"], values.get("tools", defaults.tools)
         )
     if stop:
         values["stop"] = tuple(stop)
-    return RequestOptions(**values, extra=wire)
+    return replace(defaults, **values, extra=wire)
 
 
 def _is_json_object(value: Any) -> bool:

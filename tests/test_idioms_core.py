@@ -339,7 +339,7 @@ def test_n_above_one_is_refused_when_streaming(nim_url: str, wire: WireLog) -> N
 
 
 def test_logprobs_come_back_on_the_reply(nim_url: str) -> None:
-    options = build_options({}, {"logprobs": True, "top_logprobs": 2})
+    options = build_options(RequestOptions(), {"logprobs": True, "top_logprobs": 2})
     reply = backend(nim_url).complete(ask("hi"), options)
     assert reply.logprobs is not None
     assert "".join(t["token"] for t in reply.logprobs) == reply.text
@@ -347,7 +347,7 @@ def test_logprobs_come_back_on_the_reply(nim_url: str) -> None:
 
 
 def test_logprobs_come_with_each_streamed_delta(nim_url: str) -> None:
-    options = build_options({}, {"logprobs": True})
+    options = build_options(RequestOptions(), {"logprobs": True})
     deltas = list(backend(nim_url).stream(ask("hi"), options))
     with_text = [d for d in deltas if d.text]
     assert with_text and all(d.logprobs for d in with_text)
@@ -364,7 +364,9 @@ def test_extra_body_is_merged_into_the_body_never_sent_as_a_key(
     nim_url: str, wire: WireLog
 ) -> None:
     options = build_options(
-        {"extra_body": {"mm_processor_kwargs": {"max_num_tiles": 2}, "top_k": 5}},
+        RequestOptions(
+            extra={"extra_body": {"mm_processor_kwargs": {"max_num_tiles": 2}, "top_k": 5}}
+        ),
         {"extra_body": {"top_k": 7}},
     )
     reply = backend(nim_url).complete(ask(), options)
@@ -376,21 +378,23 @@ def test_extra_body_is_merged_into_the_body_never_sent_as_a_key(
 
 
 def test_extra_body_inside_model_kwargs_is_merged_too(nim_url: str, wire: WireLog) -> None:
-    options = build_options({}, None, extra={"extra_body": {"top_k": 3}, "min_p": 0.1})
+    options = build_options(
+        RequestOptions(), None, extra={"extra_body": {"top_k": 3}, "min_p": 0.1}
+    )
     backend(nim_url).complete(ask(), options)
     body = wire.last()
     assert "extra_body" not in body and (body["top_k"], body["min_p"]) == (3, 0.1)
 
 
 def test_extra_body_keys_win_over_the_request_as_in_the_sdk(nim_url: str, wire: WireLog) -> None:
-    options = build_options({"temperature": 0.2}, {"extra_body": {"temperature": 0.9}})
+    options = build_options(RequestOptions(temperature=0.2), {"extra_body": {"temperature": 0.9}})
     backend(nim_url).complete(ask(), options)
     assert wire.last()["temperature"] == 0.9
 
 
 def test_extra_body_that_is_not_a_dict_is_refused() -> None:
     with pytest.raises(ValueError, match="extra_body must be a dict"):
-        build_options({}, {"extra_body": "top_k=7"})
+        build_options(RequestOptions(), {"extra_body": "top_k=7"})
 
 
 # --- JSON mode -----------------------------------------------------------------------------
@@ -415,7 +419,7 @@ def test_json_mode_uses_the_prompt_protocol_elsewhere(nim_url: str, wire: WireLo
 def test_an_openai_json_object_response_format_becomes_json_mode(
     nim_url: str, wire: WireLog
 ) -> None:
-    options = build_options({}, {"response_format": {"type": "json_object"}})
+    options = build_options(RequestOptions(), {"response_format": {"type": "json_object"}})
     assert options.json_mode and options.json_schema is None
     backend(nim_url, GEMMA).complete(ask(), options)
     assert wire.last()["response_format"] == {"type": "json_object"}
@@ -432,7 +436,7 @@ def test_json_mode_and_a_schema_together_are_refused(nim_url: str) -> None:
 
 def test_strict_reaches_every_tool_never_the_top_level(nim_url: str, wire: WireLog) -> None:
     other = ToolSpec("get_time", "Time in a city", {"type": "object", "properties": {}})
-    options = build_options({}, {"tools": [WEATHER, other], "strict": True})
+    options = build_options(RequestOptions(), {"tools": [WEATHER, other], "strict": True})
     backend(nim_url).complete(ask("Paris?"), options)
     body = wire.last()
     assert "strict" not in body
@@ -445,7 +449,7 @@ def test_a_tool_without_strict_sends_none(nim_url: str, wire: WireLog) -> None:
 
 
 def test_strict_goes_into_the_prompt_for_prompt_tools(nim_url: str, wire: WireLog) -> None:
-    options = build_options({}, {"tools": [WEATHER], "strict": True})
+    options = build_options(RequestOptions(), {"tools": [WEATHER], "strict": True})
     reply = backend(nim_url, NANO_8B).complete(ask("Paris?"), options)
     system = wire.last()["messages"][0]["content"]
     tools = json.loads(system.split("<tools>")[1].split("</tools>")[0])
@@ -668,7 +672,7 @@ def test_available_models_from_a_dead_server_is_openais_connection_error(
 def test_strict_in_model_kwargs_reaches_the_tools_not_the_top_level(
     nim_url: str, wire: WireLog
 ) -> None:
-    options = build_options({}, {"tools": [WEATHER]}, extra={"strict": False})
+    options = build_options(RequestOptions(), {"tools": [WEATHER]}, extra={"strict": False})
     backend(nim_url).complete(ask("Paris?"), options)
     body = wire.last()
     assert "strict" not in body and body["tools"][0]["function"]["strict"] is False

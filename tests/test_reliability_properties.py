@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 
-from langchain_nemovlm._convert import _map_messages as _map_langchain_messages
+from langchain_nemovlm._convert import map_messages as _map_langchain_messages
 from nemovlm.backends.fal import _process_result
 from nemovlm.backends.nim import (
     _map_messages,

@@ -40,7 +40,6 @@ from nemovlm.media.sources import (
     MediaPolicy,
     media_from_base64,
     media_from_string,
-    media_policy,
     read_media_file,
     to_data_url,
 )
@@ -61,7 +60,6 @@ __all__ = [
     "clear_cache",
     "media_from_base64",
     "media_from_string",
-    "media_policy",
     "mime_type_for",
     "prepare_media",
     "read_media_file",

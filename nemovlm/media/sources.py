@@ -63,16 +63,6 @@ class MediaPolicy:
         return self
 
 
-def media_policy(source: object) -> MediaPolicy:
-    """The policy a model object's fields ask for (``allowed_media_dirs``,
-    ``downscale_images``, ``max_image_pixels``), as both adapters name them."""
-    return MediaPolicy(
-        allowed_dirs=tuple(Path(p) for p in getattr(source, "allowed_media_dirs", ())),
-        downscale=getattr(source, "downscale_images", True),
-        max_image_pixels=getattr(source, "max_image_pixels", None),
-    )
-
-
 class MediaFile(NamedTuple):
     """What ``read_media_file`` found: the bytes, their MIME type and kind, from content."""
 

@@ -1,0 +1,263 @@
+"""The settings every adapter offers, declared once.
+
+``CommonSettings`` holds what any backend takes; ``NimSettings`` and ``FalSettings`` add
+a backend's own. ``ChatNemoVLM``/``NemoVLM`` (and ``NemoVLMMultiModal``) inherit
+``NimSettings``, ``ChatNemoFal``/``NemoFal`` (and ``NemoFalMultiModal``) ``FalSettings``;
+an adapter adds only its framework's spellings (LangChain's ``model_name`` alias...) and
+what has no meaning outside it (``streaming``, callbacks).
+
+The neutral objects are derived here: ``request_options`` (``RequestOptions``: fields,
+then per-call arguments on top), ``media_policy`` (``MediaPolicy``), ``nemo_profile``,
+and ``backend`` (the core backend the adapter calls, made on first use).
+A setting added to one of these classes, and read in the method that derives its
+neutral object, reaches both frameworks and the wire.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr
+
+from nemovlm.media import MediaPolicy
+from nemovlm.options import ImageTransport, RequestOptions, build_options
+from nemovlm.profiles import Backend, ModelProfile, get_profile
+
+if TYPE_CHECKING:
+    from nemovlm.backends import ChatBackend
+    from nemovlm.backends.fal import FalBackend
+    from nemovlm.backends.nim import NIMBackend
+
+# nemovlm.backends.fal.UPLOAD_THRESHOLD_BYTES; not imported, so the core's settings load
+# without the ``fal`` extra.
+_FAL_UPLOAD_THRESHOLD_BYTES = 1_000_000
+
+
+def _secret_from_env(name: str) -> Callable[[], SecretStr | None]:
+    def read() -> SecretStr | None:
+        value = os.environ.get(name)
+        return SecretStr(value) if value else None
+
+    return read
+
+
+class CommonSettings(BaseModel):
+    """What every model class takes, whichever backend serves it."""
+
+    _backend_kind: ClassVar[Backend] = "nim"
+
+    model: str = Field(description="Model id, e.g. nvidia/nemotron-nano-12b-v2-vl.")
+    temperature: float | None = Field(
+        default=None, description="Sampling temperature (>= 0); None: the model's default."
+    )
+    top_p: float | None = Field(
+        default=None, description="Nucleus sampling (0..1); None: the model's default."
+    )
+    max_tokens: int | None = Field(default=None, description="Most tokens to generate.")
+    seed: int | None = Field(default=None, description="Sampling seed, where the model takes one.")
+    reasoning: bool | None = Field(
+        default=None,
+        description="None: the model's default; True/False: switched the model's own way.",
+    )
+    include_reasoning: bool = Field(
+        default=True,
+        description="False asks the server to leave the reasoning out "
+        "(DiffusionGemma, non-streaming).",
+    )
+    max_retries: int = Field(default=2, description="Retries of a failed request (NIM).")
+    allowed_media_dirs: list[Path] = Field(
+        default_factory=list,
+        description="Directories from which a bare path or file:// URL inside message "
+        "content may be read. Empty (default): such strings are refused, since content "
+        "may come from a tool or a web page. (LlamaIndex: ImageBlock(path=...) is always "
+        "read.)",
+    )
+    downscale_images: bool = Field(
+        default=True, description="Shrink images larger than the model can use before sending."
+    )
+    max_image_pixels: int | None = Field(
+        default=None, description="Pixel budget for the downscale; None: the model profile's."
+    )
+    profile_overrides: dict[str, Any] | None = Field(
+        default=None,
+        description="Replace fields of the model's nemovlm profile (see nemovlm.profiles).",
+    )
+
+    _backend: Any = PrivateAttr(default=None)
+
+    def make_backend(self) -> ChatBackend:
+        """A new core backend for these settings."""
+        raise NotImplementedError
+
+    @property
+    def backend(self) -> ChatBackend:
+        """The core backend, made on first use (and again after unpickling)."""
+        if self._backend is None:
+            self._backend = self.make_backend()
+        return self._backend
+
+    @property
+    def nemo_profile(self) -> ModelProfile:
+        """The ``nemovlm`` profile in force (quirks, limits, prices)."""
+        return get_profile(self.model, self.profile_overrides, backend=self._backend_kind)
+
+    def media_policy(self) -> MediaPolicy:
+        """What the client may do with media on the user's behalf, from these settings."""
+        return MediaPolicy(
+            allowed_dirs=tuple(Path(p) for p in self.allowed_media_dirs),
+            downscale=self.downscale_images,
+            max_image_pixels=self.max_image_pixels,
+        )
+
+    def request_defaults(self) -> RequestOptions:
+        """The request options these settings give before any per-call argument."""
+        return RequestOptions(
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=self.seed,
+            reasoning=self.reasoning,
+            include_reasoning=self.include_reasoning,
+        )
+
+    def request_options(
+        self,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        extra: Mapping[str, Any] | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> RequestOptions:
+        """The options of one call: ``request_defaults``, then ``overrides`` (the call's
+        keyword arguments) on top; see ``nemovlm.options.build_options``."""
+        return build_options(self.request_defaults(), overrides, extra=extra, stop=stop)
+
+
+class NimSettings(CommonSettings):
+    """A NIM's (or NVIDIA's hosted API catalog's) settings: the connection and video."""
+
+    base_url: str | None = Field(
+        default=None,
+        description="The NIM's /v1 URL; else NVIDIA_BASE_URL, else NVIDIA's hosted API catalog.",
+    )
+    api_key: SecretStr | None = Field(
+        default_factory=_secret_from_env("NVIDIA_API_KEY"),
+        description="Else NVIDIA_API_KEY; a local NIM needs none.",
+    )
+    timeout: float | None = Field(default=60.0, description="Seconds per request.")
+    default_headers: dict[str, str] | None = Field(
+        default=None, description="Headers sent with every request."
+    )
+    http_client: Any = Field(
+        default=None,
+        exclude=True,
+        description="An HTTP client of your own (proxies, custom TLS) for sync calls and for "
+        "the media the client fetches itself, of the type the installed openai SDK takes "
+        "(httpx.Client; httpx2.Client with openai 3.x).",
+    )
+    async_http_client: Any = Field(
+        default=None,
+        exclude=True,
+        description="The same for async calls (httpx.AsyncClient; httpx2.AsyncClient with "
+        "openai 3.x). Media fetches run in a worker thread and use http_client.",
+    )
+    image_transport: ImageTransport = Field(
+        default="parts",
+        description="img_tag sends images as <img src=...> in plain text (Llama Nano VL 8B).",
+    )
+    video_fps: float | None = Field(
+        default=None, description="Frames per second sampled from a video (or video_num_frames)."
+    )
+    video_num_frames: int | None = Field(
+        default=None, description="Frames sampled from a video, at most 128 (or video_fps)."
+    )
+    max_num_tiles: int | None = Field(
+        default=None, description="Most tiles an image or frame is cut into (Nano 12B v2 VL)."
+    )
+
+    def make_backend(self) -> NIMBackend:
+        from nemovlm.backends.nim import NIMBackend
+
+        return NIMBackend.connect(
+            self.nemo_profile,
+            base_url=self.base_url,
+            api_key=self.api_key,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            default_headers=self.default_headers,
+            http_client=self.http_client,
+            async_http_client=self.async_http_client,
+            policy=self.media_policy(),
+        )
+
+    def media_policy(self) -> MediaPolicy:
+        return replace(super().media_policy(), http_client=self.http_client)
+
+    def request_defaults(self) -> RequestOptions:
+        return replace(
+            super().request_defaults(),
+            image_transport=self.image_transport,
+            video_fps=self.video_fps,
+            video_num_frames=self.video_num_frames,
+            max_num_tiles=self.max_num_tiles,
+        )
+
+
+class FalSettings(CommonSettings):
+    """A fal app's settings: the key, the queue, and the diffusion VLM's decoding."""
+
+    _backend_kind: ClassVar[Backend] = "fal"
+
+    api_key: SecretStr | None = Field(
+        default_factory=_secret_from_env("FAL_KEY"),
+        description="Else FAL_KEY, else FAL_KEY_ID + FAL_KEY_SECRET.",
+    )
+    timeout: float | None = Field(
+        default=300.0,
+        description="Seconds for the whole queued request (queue wait included); more than 1.",
+    )
+    poll_interval: float = Field(default=0.1, description="Seconds between queue status polls.")
+    upload_threshold_bytes: int = Field(
+        default=_FAL_UPLOAD_THRESHOLD_BYTES,
+        description="Inline media up to this size; upload anything larger to fal's storage.",
+    )
+    num_inference_steps: int | None = Field(
+        default=None, description="Diffusion VLM decoding steps (1..1024); None: 256 rounded up."
+    )
+    block_length: int | None = Field(
+        default=None, description="Diffusion VLM block length (8..128); None: the app's 32."
+    )
+    threshold: float | None = Field(
+        default=None, description="Diffusion VLM confidence threshold (0..1); None: the app's 0.9."
+    )
+
+    def make_backend(self) -> FalBackend:
+        from nemovlm.backends.fal import FalBackend, resolve_fal_key
+
+        return FalBackend(
+            profile=self.nemo_profile,
+            api_key=resolve_fal_key(self.api_key),
+            timeout=self.timeout,
+            poll_interval=self.poll_interval,
+            upload_threshold_bytes=self.upload_threshold_bytes,
+            policy=self.media_policy(),
+        )
+
+    def request_options(
+        self,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        extra: Mapping[str, Any] | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> RequestOptions:
+        from nemovlm.backends.fal import with_diffusion_settings
+
+        return with_diffusion_settings(
+            super().request_options(overrides, extra=extra, stop=stop),
+            num_inference_steps=self.num_inference_steps,
+            block_length=self.block_length,
+            threshold=self.threshold,
+        )
