@@ -280,6 +280,8 @@ def web() -> Iterator[tuple[str, Counter[str]]]:
 
 
 def fetching_backend(nim_url: str, **policy: Any) -> NIMBackend:
+    # The loopback web server is allow-listed: the client fetches only public hosts unasked.
+    policy.setdefault("allowed_hosts", ("127.0.0.1",))
     return NIMBackend(
         get_profile(NANO12), base_url=nim_url, max_retries=0, policy=MediaPolicy(**policy)
     )
