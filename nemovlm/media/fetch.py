@@ -58,8 +58,8 @@ def refused_reason(address: IPAddress) -> str | None:
         ("loopback", address.is_loopback),
         ("link-local", address.is_link_local),
         ("multicast", address.is_multicast),
-        ("private", address.is_private),
         ("reserved", address.is_reserved),
+        ("private", address.is_private),
         # Shared (carrier NAT) space, documentation ranges and the like.
         ("non-public", not address.is_global),
     ):
@@ -187,6 +187,7 @@ def _within_deadline(fetch: Callable[[threading.Event], bytes], deadline: float)
             worker.check_cancelled()
             if time.monotonic() >= deadline:
                 raise _Deadline
+        worker.check_cancelled()  # done just as the call was cancelled: still cancelled
     except BaseException:
         stop.set()
         raise
