@@ -248,6 +248,35 @@ def test_an_allow_listed_host_name_is_fetched_and_connected_to_as_checked(
     assert names["resolved:media.internal"] == "x"
 
 
+def test_an_https_host_connected_to_as_checked_still_has_its_certificate_verified(
+    names: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("media.internal")
+    certfile, keyfile, bundle = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "ca.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    ca.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))  # our short-lived client trusts the CA
+    names["media.internal"] = "127.0.0.1"
+    names["wrong.internal"] = "127.0.0.1"
+
+    async def serve(request: Request) -> Response:
+        return Response(gif(), media_type="image/gif")
+
+    app = Starlette(routes=[Route("/{name}", serve)])
+    policy = MediaPolicy(allowed_hosts=("media.internal", "wrong.internal"))
+    with RunningServer(app, certfile=certfile, keyfile=keyfile) as server:
+        port = server.port
+        # Dialled at 127.0.0.1, yet TLS names media.internal: the certificate matches.
+        ok = prepare_media(image_at(f"https://media.internal:{port}/a.gif"), LLAMA, policy)
+        assert ok.format == "png"
+        # A host the certificate does not name is still refused by TLS.
+        with pytest.raises(UnsupportedInputError, match="CERTIFICATE_VERIFY_FAILED|hostname"):
+            prepare_media(image_at(f"https://wrong.internal:{port}/a.gif"), LLAMA, policy)
+
+
 def test_a_redirect_on_an_allowed_host_is_followed(web: tuple[str, Counter[str]]) -> None:
     base, hits = web
     before = hits["pic.gif"]
@@ -289,7 +318,7 @@ def test_redirects_are_followed_a_bounded_number_of_times(web: tuple[str, Counte
 
 
 def test_the_users_http_client_follows_no_redirect_on_its_own(
-    web: tuple[str, Counter[str]],
+    names: dict[str, str], web: tuple[str, Counter[str]]
 ) -> None:
     base, _ = web
     with httpx.Client(follow_redirects=True) as client:
@@ -324,13 +353,20 @@ def test_an_async_call_without_an_async_client_fetches_through_the_sync_one(
 
 
 def test_the_async_client_checks_hosts_too(names: dict[str, str]) -> None:
+    sent: list[httpx.Request] = []
+
+    def transport(request: httpx.Request) -> httpx.Response:
+        sent.append(request)  # never reached: the check refuses first
+        return httpx.Response(500)
+
     async def main() -> None:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(transport)) as client:
             policy = MediaPolicy(async_http_client=client)
             await aprepare_media(image_at("http://10.1.1.1/a.gif"), LLAMA, policy)
 
     with pytest.raises(UnsupportedInputError, match="10.1.1.1 is a private address"):
         asyncio.run(main())
+    assert sent == []
 
 
 def test_cancelling_an_async_call_hangs_up_the_fetch(web: tuple[str, Counter[str]]) -> None:
