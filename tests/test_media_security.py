@@ -9,6 +9,7 @@ connections through: nothing is ever sent to another address.
 from __future__ import annotations
 
 import asyncio
+import io
 import ipaddress
 import os
 import socket
@@ -543,6 +544,15 @@ def test_downscaling_a_large_picture_peaks_near_one_decoded_copy(tmp_path: Path)
     # turned or converted full-size copy on top of it would double this.
     one_copy = width * height * 4
     assert growth < 1.6 * one_copy
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_scale(tmp_path: Path) -> None:
+    width = height = 8_000  # 64 megapixels; the model takes 3.1, so 1/4 scale is enough
+    buffer = io.BytesIO()
+    Image.new("L", (width, height), 90).save(buffer, "JPEG", quality=80)
+    outcome, growth = peak_growth(buffer.getvalue(), tmp_path)
+    assert outcome.startswith("prepared")
+    assert growth < width * height / 4  # a full decode would hold all 64 MB at once
 
 
 # --- inline video -----------------------------------------------------------------------------

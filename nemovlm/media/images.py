@@ -230,7 +230,8 @@ def _open_image(data: bytes, fmt: str, part: MediaPart) -> Image.Image:
         return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise UnsupportedInputError(
-            f"The {part.describe()} has too many pixels to decode safely ({exc}); "
+            f"The {part.describe()} has too many pixels to decode safely ({exc}; Pillow's "
+            "own limit, Image.MAX_IMAGE_PIXELS, ahead of MediaPolicy.max_decode_pixels); "
             "resize it before sending."
         ) from exc
     except Exception as exc:  # Pillow's plugins raise many types on malformed input.
