@@ -62,11 +62,6 @@ def check_cancelled() -> None:
         raise asyncio.CancelledError
 
 
-def cancelled() -> bool:
-    call = _CALL.get()
-    return call is not None and call.cancelled.is_set()
-
-
 def callers_loop() -> asyncio.AbstractEventLoop | None:
     """The event loop of the async call this worker thread serves; ``None`` in sync calls
     and on the loop's own thread (where waiting for it would deadlock)."""
