@@ -15,7 +15,6 @@ prompt-protocol tool call until it can be parsed, and ``finish`` releases the re
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -23,7 +22,7 @@ from typing import Any, Literal
 from typing_extensions import assert_never
 
 from nemovlm.errors import UnsupportedInputError
-from nemovlm.media import MediaPolicy, PreparedMedia, prepare_media
+from nemovlm.media import MediaPolicy, PreparedMedia, needs_work, prepare_media, run_off_loop
 from nemovlm.messages import (
     Delta,
     InvalidToolCall,
@@ -169,15 +168,12 @@ async def aprepare(
     stream: bool = False,
 ) -> PreparedConversation:
     """``prepare`` for async callers: media that must be decoded, read or fetched is
-    prepared in a worker thread, so one large photo does not stall the event loop."""
-    if any(_needs_work(p) for t in turns for p in t.parts if isinstance(p, MediaPart)):
-        return await asyncio.to_thread(prepare, turns, options, profile, policy, stream=stream)
+    prepared in a worker thread (``nemovlm.media.run_off_loop``), so one large photo or
+    slow host does not stall the event loop; cancelling the call stops that work where
+    it can."""
+    if any(needs_work(p, profile) for t in turns for p in t.parts if isinstance(p, MediaPart)):
+        return await run_off_loop(prepare, turns, options, profile, policy, stream=stream)
     return prepare(turns, options, profile, policy, stream=stream)
-
-
-def _needs_work(part: MediaPart) -> bool:
-    # An http(s) URL usually passes through untouched; bytes, files and data URLs do not.
-    return part.url is None or part.url.startswith("data:") or not part.url.startswith("http")
 
 
 def _map_tool_media(turns: list[Turn], profile: ModelProfile) -> list[Turn]:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 # nemovlm.backends.fal.UPLOAD_THRESHOLD_BYTES; not imported, so the core's settings load
 # without the ``fal`` extra.
 _FAL_UPLOAD_THRESHOLD_BYTES = 1_000_000
+_POLICY = MediaPolicy()  # the media limits' defaults live on MediaPolicy
 
 
 def _secret_from_env(name: str) -> Callable[[], SecretStr | None]:
@@ -82,6 +83,21 @@ class CommonSettings(BaseModel):
     max_image_pixels: int | None = Field(
         default=None, description="Pixel budget for the downscale; None: the model profile's."
     )
+    allowed_media_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts, addresses or networks (e.g. 10.0.0.0/8) the client may fetch "
+        "media from although they are not public (loopback, private, link-local, "
+        "reserved). Empty (default): the client fetches only from public addresses.",
+    )
+    max_decode_pixels: int = Field(
+        default=_POLICY.max_decode_pixels,
+        description="Most pixels an image may declare in its header before it is decoded "
+        "(a decode-bomb guard of our own, whatever Pillow's global limit is).",
+    )
+    max_video_bytes: int = Field(
+        default=_POLICY.max_video_bytes,
+        description="Largest video file the client reads to send inline or upload.",
+    )
     profile_overrides: dict[str, Any] | None = Field(
         default=None,
         description="Replace fields of the model's nemovlm profile (see nemovlm.profiles).",
@@ -109,8 +125,11 @@ class CommonSettings(BaseModel):
         """What the client may do with media on the user's behalf, from these settings."""
         return MediaPolicy(
             allowed_dirs=tuple(Path(p) for p in self.allowed_media_dirs),
+            allowed_hosts=tuple(self.allowed_media_hosts),
             downscale=self.downscale_images,
             max_image_pixels=self.max_image_pixels,
+            max_decode_pixels=self.max_decode_pixels,
+            max_video_bytes=self.max_video_bytes,
         )
 
     def request_defaults(self) -> RequestOptions:
@@ -194,7 +213,11 @@ class NimSettings(CommonSettings):
         )
 
     def media_policy(self) -> MediaPolicy:
-        return replace(super().media_policy(), http_client=self.http_client)
+        return replace(
+            super().media_policy(),
+            http_client=self.http_client,
+            async_http_client=self.async_http_client,
+        )
 
     def request_defaults(self) -> RequestOptions:
         return replace(

@@ -65,7 +65,8 @@ JPEG_ONLY = GENERIC.with_overrides(
     {"image_formats": frozenset({"jpeg"}), "convert_images_to": "jpeg"}
 )
 NO_CONVERSION = LLAMA.with_overrides({"convert_images_to": None})
-OPEN = MediaPolicy()
+# The loopback web server below is allow-listed; the refusal without it has its own tests.
+OPEN = MediaPolicy(allowed_hosts=("127.0.0.1",))
 
 
 @pytest.fixture(autouse=True)
@@ -116,6 +117,7 @@ def noisy_low_quality_jpeg(width: int, height: int) -> bytes:
 # --- a loopback web server for the fetch path -----------------------------------------
 
 GIF_RED_BLUE = animated_gif((255, 0, 0), (0, 0, 255))
+SLOW_RELEASE = threading.Event()
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +147,8 @@ def web() -> Iterator[tuple[str, Counter[str]]]:
             if request.headers.get("x-media-pass") != "let-me-in":
                 return Response("forbidden", status_code=403)
             return Response(GIF_RED_BLUE, media_type="image/gif")
-        if name == "slow.gif":
-            await asyncio.sleep(1.0)
+        if name == "slow.gif":  # answers only once the test lets it
+            await asyncio.to_thread(SLOW_RELEASE.wait, 60)
             return Response(GIF_RED_BLUE, media_type="image/gif")
         return Response("not here", status_code=404)
 
@@ -542,7 +544,7 @@ def test_fetch_goes_through_the_policys_http_client(web: tuple[str, Counter[str]
         headers={"x-media-pass": "let-me-in"},
         event_hooks={"request": [lambda r: seen.append(str(r.url))]},
     ) as client:
-        policy = MediaPolicy(http_client=client)
+        policy = MediaPolicy(http_client=client, allowed_hosts=("127.0.0.1",))
         part = MediaPart(kind="image", url=f"{base}/members-only.gif")
         prepared = prepare_media(part, LLAMA, policy)
     assert seen == [f"{base}/members-only.gif"]
@@ -560,7 +562,9 @@ def test_fetch_leaves_the_policys_http_client_open(web: tuple[str, Counter[str]]
     base, _ = web
     with httpx.Client() as client:
         prepare_media(
-            MediaPart(kind="image", url=f"{base}/pic.gif"), LLAMA, MediaPolicy(http_client=client)
+            MediaPart(kind="image", url=f"{base}/pic.gif"),
+            LLAMA,
+            MediaPolicy(http_client=client, allowed_hosts=("127.0.0.1",)),
         )
         assert not client.is_closed
 
@@ -569,7 +573,7 @@ def test_fetch_goes_through_an_httpx2_client_too(web: tuple[str, Counter[str]]) 
     httpx2 = pytest.importorskip("httpx2")  # the client type openai 3.x takes
     base, _ = web
     with httpx2.Client(headers={"x-media-pass": "let-me-in"}) as client:
-        policy = MediaPolicy(http_client=client)
+        policy = MediaPolicy(http_client=client, allowed_hosts=("127.0.0.1",))
         part = MediaPart(kind="image", url=f"{base}/members-only.gif")
         assert prepare_media(part, LLAMA, policy).format == "png"
 
@@ -581,7 +585,7 @@ def test_fetch_through_an_httpx2_client_that_fails_is_refused_clearly() -> None:
         httpx2.Client() as client,
         pytest.raises(UnsupportedInputError, match="Fetching the image"),
     ):
-        prepare_media(part, LLAMA, MediaPolicy(http_client=client))
+        prepare_media(part, LLAMA, MediaPolicy(http_client=client, allowed_hosts=("127.0.0.1",)))
 
 
 def test_a_pickled_policy_leaves_its_http_client_behind() -> None:
@@ -600,14 +604,14 @@ def test_a_copied_policy_keeps_its_http_client() -> None:
 
 def test_fetch_larger_than_declared_cap_is_refused(web: tuple[str, Counter[str]]) -> None:
     base, _ = web
-    policy = MediaPolicy(max_remote_bytes=2000)
+    policy = MediaPolicy(max_remote_bytes=2000, allowed_hosts=("127.0.0.1",))
     with pytest.raises(UnsupportedInputError, match="max_remote_bytes"):
         prepare_media(MediaPart(kind="image", url=f"{base}/big.gif"), LLAMA, policy)
 
 
 def test_streamed_fetch_is_cut_off_at_the_cap(web: tuple[str, Counter[str]]) -> None:
     base, _ = web
-    policy = MediaPolicy(max_remote_bytes=2500)
+    policy = MediaPolicy(max_remote_bytes=2500, allowed_hosts=("127.0.0.1",))
     with pytest.raises(UnsupportedInputError, match=r"max_remote_bytes \(2500 bytes\)"):
         prepare_media(MediaPart(kind="image", url=f"{base}/stream.gif"), LLAMA, policy)
 
@@ -620,14 +624,17 @@ def test_fetch_answered_with_404_is_refused_with_the_status(web: tuple[str, Coun
 
 def test_slow_fetch_times_out_naming_the_setting(web: tuple[str, Counter[str]]) -> None:
     base, _ = web
-    policy = MediaPolicy(remote_timeout=0.2)
-    with pytest.raises(UnsupportedInputError, match="remote_timeout"):
-        prepare_media(MediaPart(kind="image", url=f"{base}/slow.gif"), LLAMA, policy)
+    policy = MediaPolicy(remote_timeout=0.2, allowed_hosts=("127.0.0.1",))
+    try:  # the server answers only after the fetch gave up, so only the deadline ends it
+        with pytest.raises(UnsupportedInputError, match="remote_timeout"):
+            prepare_media(MediaPart(kind="image", url=f"{base}/slow.gif"), LLAMA, policy)
+    finally:
+        SLOW_RELEASE.set()
 
 
 def test_unreachable_host_is_refused_clearly() -> None:
     part = MediaPart(kind="image", url="http://127.0.0.1:9/a.gif")  # discard port: nothing there
-    with pytest.raises(UnsupportedInputError, match="Fetching the image"):
+    with pytest.raises(UnsupportedInputError, match="Fetching the image .* failed"):
         prepare_media(part, LLAMA, OPEN)
 
 
@@ -933,7 +940,8 @@ def test_large_video_file_is_measured_without_reading_its_media_data(tmp_path: P
         file.write(sample[ftyp_len + mdat_len :])
     tracemalloc.start()
     try:
-        prepared = prepare_media(MediaPart(kind="video", path=path), OMNI, OPEN)
+        roomy = MediaPolicy(max_video_bytes=6 * 1024**3)  # past the default cap on purpose
+        prepared = prepare_media(MediaPart(kind="video", path=path), OMNI, roomy)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

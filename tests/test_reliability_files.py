@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -246,6 +247,11 @@ def test_a_symlink_cannot_lead_out_of_the_allow_list(
 # --- remote media the client fetches: http(s) only, capped, time-limited --------------------------
 
 
+# Held requests ("slow.webp") wait for this; a test sets it once its fetch gave up.
+RELEASE = threading.Event()
+HELD = threading.Event()
+
+
 @pytest.fixture(scope="module")
 def web() -> Iterator[tuple[str, Counter[str]]]:
     """A loopback web server with the media a client may be asked to fetch; counts hits."""
@@ -267,9 +273,21 @@ def web() -> Iterator[tuple[str, Counter[str]]]:
                     await asyncio.sleep(0)
 
             return StreamingResponse(forever(), media_type="image/webp")
-        if name == "slow.webp":
-            await asyncio.sleep(3)
+        if name == "held.webp":  # answers once the test saw the request arrive
+            await asyncio.to_thread(HELD.wait, 60)
             return Response(WEBP, media_type="image/webp")
+        if name == "slow.webp":  # answers only once the test lets it
+            await asyncio.to_thread(RELEASE.wait, 60)
+            return Response(WEBP, media_type="image/webp")
+        if name == "trickle.webp":  # a byte every 20 ms for a minute: never done in time
+
+            async def trickle() -> AsyncIterator[bytes]:
+                yield WEBP[:16]
+                for _ in range(3000):
+                    await asyncio.sleep(0.02)
+                    yield b"\0"
+
+            return StreamingResponse(trickle(), media_type="image/webp")
         if name == "to-file.webp":
             return RedirectResponse("file:///etc/hostname", status_code=302)
         return Response(status_code=404)
@@ -280,6 +298,8 @@ def web() -> Iterator[tuple[str, Counter[str]]]:
 
 
 def fetching_backend(nim_url: str, **policy: Any) -> NIMBackend:
+    # The loopback web server is allow-listed: the client fetches only public hosts unasked.
+    policy.setdefault("allowed_hosts", ("127.0.0.1",))
     return NIMBackend(
         get_profile(NANO12), base_url=nim_url, max_retries=0, policy=MediaPolicy(**policy)
     )
@@ -324,9 +344,49 @@ def test_a_fetch_that_takes_too_long_is_refused_naming_the_setting(
 ) -> None:
     base, _ = web
     backend = fetching_backend(nim_url, remote_timeout=0.3)
-    with pytest.raises(UnsupportedInputError, match=r"timed out .*MediaPolicy\.remote_timeout"):
-        backend.complete(user_image(f"{base}/slow.webp"), RequestOptions())
+    try:  # the server answers only after the fetch gave up, so only the deadline ends it
+        with pytest.raises(UnsupportedInputError, match=r"timed out .*remote_timeout"):
+            backend.complete(user_image(f"{base}/slow.webp"), RequestOptions())
+    finally:
+        RELEASE.set()
     assert nothing_sent(wire)
+
+
+def test_a_server_trickling_bytes_cannot_hold_the_fetch_past_remote_timeout(
+    nim_url: str, wire: WireLog, web: tuple[str, Counter[str]]
+) -> None:
+    base, _ = web
+    # Every read gets a byte within 20 ms, so only a deadline for the whole fetch ends it
+    # before the minute-long body does (which would then be refused as a broken image).
+    backend = fetching_backend(nim_url, remote_timeout=0.5)
+    with pytest.raises(UnsupportedInputError, match=r"timed out .*a deadline for the whole fetch"):
+        backend.complete(user_image(f"{base}/trickle.webp"), RequestOptions())
+    assert nothing_sent(wire)
+
+
+def test_an_async_call_keeps_the_event_loop_running_while_the_client_fetches(
+    nim_url: str, wire: WireLog, web: tuple[str, Counter[str]]
+) -> None:
+    base, hits = web
+    backend = fetching_backend(nim_url, remote_timeout=20)
+
+    async def main() -> None:
+        call = asyncio.create_task(
+            backend.acomplete(user_image(f"{base}/held.webp"), RequestOptions())
+        )
+        # The server answers only when this loop, while the fetch waits, lets it: a fetch
+        # on the loop would stall it until remote_timeout and fail the call.
+        while hits["held.webp"] == 0:
+            await asyncio.sleep(0.01)
+        HELD.set()
+        await call
+
+    try:
+        asyncio.run(main())
+    finally:
+        HELD.set()
+    [converted] = sent_images(wire.last())
+    assert converted.startswith(b"\x89PNG")
 
 
 def test_a_redirect_to_a_local_file_is_not_followed(

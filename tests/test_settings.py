@@ -182,9 +182,13 @@ FAL_PROBES: dict[str, tuple[dict[str, Any], Any, list[Media]]] = {
 FAL_CONNECTION = {"api_key", "timeout", "poll_interval", "max_retries", "seed", "include_reasoning"}
 
 
+# Media guards: shown by the tests below (a private host fetched; caps that refuse).
+MEDIA_GUARDS = {"allowed_media_hosts", "max_decode_pixels", "max_video_bytes"}
+
+
 def test_every_core_setting_is_shown_reaching_the_request() -> None:
-    assert set(NIM_PROBES) | NIM_CONNECTION == set(NimSettings.model_fields)
-    assert set(FAL_PROBES) | FAL_CONNECTION == set(FalSettings.model_fields)
+    assert set(NIM_PROBES) | NIM_CONNECTION | MEDIA_GUARDS == set(NimSettings.model_fields)
+    assert set(FAL_PROBES) | FAL_CONNECTION | MEDIA_GUARDS == set(FalSettings.model_fields)
     assert set(CommonSettings.model_fields) <= set(NimSettings.model_fields)
 
 
@@ -292,7 +296,12 @@ def test_users_http_client_fetches_media_for_both_frameworks(
     # The type the installed openai SDK takes (httpx, or httpx2 with openai 3.x).
     client = openai.DefaultHttpxClient(event_hooks={"request": [lambda r: seen.append(str(r.url))]})
     url = f"{picture_host}/chart.gif"
-    settings: dict[str, Any] = {"model": LLAMA8, "base_url": nim_url, "http_client": client}
+    settings: dict[str, Any] = {
+        "model": LLAMA8,
+        "base_url": nim_url,
+        "http_client": client,
+        "allowed_media_hosts": ["127.0.0.1"],
+    }
     with client:
         if framework == "langchain":
             ChatNemoVLM(**settings).invoke(_langchain_messages([("image", url)]))
@@ -301,6 +310,51 @@ def test_users_http_client_fetches_media_for_both_frameworks(
     assert seen == [url, f"{nim_url}/chat/completions"]
     [part] = [p for p in wire.last()["messages"][0]["content"] if p["type"] == "image_url"]
     assert part["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+def _ask_about(framework: str, settings: dict[str, Any], media: list[Media]) -> None:
+    if framework == "langchain":
+        ChatNemoVLM(**settings).invoke(_langchain_messages(media))
+    else:
+        NemoVLM(**settings).chat(_llama_index_messages(media))
+
+
+@pytest.mark.parametrize("framework", ["langchain", "llama_index"])
+def test_a_private_media_host_is_refused_unless_allowed_in_either_framework(
+    framework: str, nim_url: str, wire: WireLog, picture_host: str
+) -> None:
+    media: list[Media] = [("image", f"{picture_host}/chart.gif")]  # 127.0.0.1: not public
+    settings: dict[str, Any] = {"model": LLAMA8, "base_url": nim_url}
+    with pytest.raises(UnsupportedInputError, match="allowed_media_hosts"):
+        _ask_about(framework, settings, media)
+    assert wire.bodies() == []
+    _ask_about(framework, {**settings, "allowed_media_hosts": ["127.0.0.1"]}, media)
+    [part] = [p for p in wire.last()["messages"][0]["content"] if p["type"] != "text"]
+    assert part["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+@pytest.mark.parametrize("cls", [ChatNemoVLM, NemoVLM, ChatNemoFal, NemoFal])
+@pytest.mark.parametrize(
+    ("name", "value", "media", "match"),
+    [
+        ("max_decode_pixels", 1000, ("image", BIG_PNG), "max_decode_pixels"),
+        ("max_video_bytes", 100, ("video", MP4), "max_video_bytes"),
+    ],
+)
+def test_media_caps_refuse_before_sending_in_both_frameworks(
+    cls: Any, name: str, value: int, media: Media, match: str, nim_url: str, wire: WireLog
+) -> None:
+    wire.clear()
+    fal = cls in (ChatNemoFal, NemoFal)
+    model = (OMNI if media[0] == "video" else DIFFUSION) if fal else NANO12
+    where = {"api_key": "fal-key"} if fal else {"base_url": nim_url}
+    llm = cls(model=model, **where, **{name: value})
+    with pytest.raises(UnsupportedInputError, match=match):
+        if cls in (ChatNemoVLM, ChatNemoFal):
+            llm.invoke(_langchain_messages([media]))
+        else:
+            llm.chat(_llama_index_messages([media]))
+    assert wire.bodies() == []
 
 
 def test_fal_connection_settings_reach_the_backend_the_same_from_both_frameworks() -> None:
@@ -313,6 +367,11 @@ def test_fal_connection_settings_reach_the_backend_the_same_from_both_frameworks
 
 def test_failed_fetch_through_users_client_is_a_clear_error(nim_url: str) -> None:
     with openai.DefaultHttpxClient() as client:
-        llm = NemoVLM(model=LLAMA8, base_url=nim_url, http_client=client)
+        llm = NemoVLM(
+            model=LLAMA8,
+            base_url=nim_url,
+            http_client=client,
+            allowed_media_hosts=["127.0.0.1"],
+        )
         with pytest.raises(UnsupportedInputError, match="check the URL"):
             llm.chat(_llama_index_messages([("image", "http://127.0.0.1:9/chart.gif")]))

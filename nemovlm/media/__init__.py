@@ -11,15 +11,20 @@ Input flow (module in brackets):
   ``prepare_media``      ``MediaPart`` + ``ModelProfile`` + ``MediaPolicy`` -> ``PreparedMedia``
     images: ``prepare_image`` [images] -> cache lookup [cache] -> ``_process_image_bytes``
             (``sniff_format`` [formats], decode, convert to ``profile.convert_images_to``,
-            downscale to the pixel budget); an http(s) URL is fetched (``fetch_remote``
-            [sources], through ``MediaPolicy.http_client`` when set) only when its
-            extension names a format the model does not take
-    video:  ``prepare_video`` [video] (``sniff_format``, ``read_video_info`` [mp4],
-            duration and resolution limits); a local file stays on disk
+            refuse more than ``max_decode_pixels`` from the header, decode, downscale to
+            the pixel budget); an http(s) URL is fetched (``fetch_remote`` [fetch],
+            public hosts or ``allowed_hosts`` only, every redirect checked, one
+            deadline) only when its extension names a format the model does not take
+    video:  ``prepare_video`` [video] (``max_video_bytes``, ``sniff_format``,
+            ``read_video_info`` [mp4], duration and resolution limits); a local file
+            stays on disk
+  ``aprepare_media`` / ``run_off_loop``  the same for async callers, in a worker thread
+                         that a cancelled call stops where it can             [worker]
   ``PreparedMedia.as_url``  what a backend puts on the wire                [prepared]
 
 Modules: ``formats`` (magic bytes -> format name, MIME types), ``sources`` (where media
-may come from: data URLs, files and the directory allow-list, remote fetch), ``images``
+may come from: data URLs, files and the directory allow-list), ``fetch`` (the client's
+own fetch of a remote image), ``worker`` (off the event loop, cancellation), ``images``
 (conversion, downscaling), ``video`` (container, duration and resolution checks),
 ``mp4`` (MP4/MOV boxes, no ffmpeg), ``cache`` (prepared images, data URLs seen),
 ``prepared`` (``PreparedMedia`` and the refusals both kinds share). The names below in
@@ -28,11 +33,9 @@ may come from: data URLs, files and the directory allow-list, remote fetch), ``i
 
 from __future__ import annotations
 
-import asyncio
-
 from nemovlm.media.cache import MediaCacheInfo, cache_info, clear_cache, set_cache_limits
 from nemovlm.media.formats import IMAGE_FORMATS, VIDEO_FORMATS, mime_type_for, sniff_format
-from nemovlm.media.images import prepare_image
+from nemovlm.media.images import needs_fetch, prepare_image
 from nemovlm.media.mp4 import VideoInfo, read_video_info
 from nemovlm.media.prepared import PreparedMedia
 from nemovlm.media.sources import (
@@ -41,9 +44,11 @@ from nemovlm.media.sources import (
     media_from_base64,
     media_from_string,
     read_media_file,
+    scheme_of,
     to_data_url,
 )
 from nemovlm.media.video import prepare_video
+from nemovlm.media.worker import check_cancelled, run_off_loop
 from nemovlm.messages import MediaPart
 from nemovlm.profiles import ModelProfile
 
@@ -61,9 +66,11 @@ __all__ = [
     "media_from_base64",
     "media_from_string",
     "mime_type_for",
+    "needs_work",
     "prepare_media",
     "read_media_file",
     "read_video_info",
+    "run_off_loop",
     "set_cache_limits",
     "sniff_format",
     "to_data_url",
@@ -81,12 +88,14 @@ def prepare_media(
     """Check ``part`` against what ``profile`` accepts and shape it for the wire.
 
     An image URL the model cannot take as it is gets fetched for conversion, through
-    ``policy.http_client`` when set (proxies, custom TLS). Raises
-    ``UnsupportedInputError`` naming the part and what to change.
+    ``policy.http_client`` when set (proxies, custom TLS), from public addresses only
+    unless ``policy.allowed_hosts`` allows more. Raises ``UnsupportedInputError``
+    naming the part and what to change.
     """
+    check_cancelled()
     if part.kind == "image":
         return prepare_image(part, profile, policy)
-    return prepare_video(part, profile)
+    return prepare_video(part, profile, policy)
 
 
 async def aprepare_media(
@@ -94,5 +103,15 @@ async def aprepare_media(
     profile: ModelProfile,
     policy: MediaPolicy = _DEFAULT_POLICY,
 ) -> PreparedMedia:
-    """``prepare_media`` in a worker thread, so decoding never blocks the event loop."""
-    return await asyncio.to_thread(prepare_media, part, profile, policy)
+    """``prepare_media`` in a worker thread, so decoding and fetching never block the
+    event loop; a fetch goes through ``policy.async_http_client`` when set. Cancelling
+    the awaiting task stops a fetch and skips decoding not yet started."""
+    return await run_off_loop(prepare_media, part, profile, policy)
+
+
+def needs_work(part: MediaPart, profile: ModelProfile) -> bool:
+    """Whether preparing ``part`` reads, decodes or fetches anything (so an async caller
+    should do it off the event loop); an http(s) URL the model takes as it is does not."""
+    if part.url is None or scheme_of(part.url) not in ("http", "https"):
+        return True
+    return needs_fetch(part, profile)

@@ -1,17 +1,21 @@
 """Images checked against a model and shaped for it: ``prepare_image`` (cache
-lookup; an http(s) URL kept, or fetched only when its extension names a format the
-model does not take) -> ``_process_image_bytes`` (sniff, decode, convert to
-``profile.convert_images_to``, downscale to the pixel budget)."""
+lookup; an http(s) URL kept, or fetched only when ``needs_fetch`` says its extension
+names a format the model does not take) -> ``_process_image_bytes`` (sniff, read the
+size from the header and refuse more than ``MediaPolicy.max_decode_pixels`` before
+decoding, decode (JPEG at reduced scale), downscale to the pixel budget, then turn
+upright and convert to ``profile.convert_images_to``). Peak memory stays near one
+decoded copy of the picture: every later step works on the downscaled one."""
 
 from __future__ import annotations
 
 import io
 import math
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from nemovlm.errors import UnsupportedInputError
 from nemovlm.media.cache import IMAGE_CACHE, content_key
+from nemovlm.media.fetch import fetch_remote
 from nemovlm.media.formats import (
     IMAGE_FORMATS,
     MIME_TYPES,
@@ -24,13 +28,13 @@ from nemovlm.media.prepared import PreparedMedia, model_label, refuse_kind
 from nemovlm.media.sources import (
     MediaPolicy,
     checked_data_url,
-    fetch_remote,
     parse_data_url,
     read_file,
     refuse_url_scheme,
     scheme_of,
     stat_file,
 )
+from nemovlm.media.worker import check_cancelled
 from nemovlm.messages import MediaPart
 from nemovlm.profiles import ModelProfile
 
@@ -56,16 +60,17 @@ def prepare_image(
     formats = normalize_formats(profile.image_formats)
     target = normalize_format(profile.convert_images_to) if profile.convert_images_to else None
     budget = (policy.max_image_pixels or profile.max_image_pixels) if policy.downscale else None
-    settings = (formats, target, budget)
+    cap = policy.max_decode_pixels
+    settings = (formats, target, budget, cap)
 
     def process(data: bytes) -> PreparedMedia:
-        return _process_image_bytes(data, part, profile, formats, target, budget)
+        return _process_image_bytes(data, part, profile, formats, target, budget, cap)
 
     if part.url is not None:
         scheme = scheme_of(part.url)
         if scheme in ("http", "https"):
             url_format = format_from_url(part.url)
-            if formats is None or url_format is None or url_format in formats:
+            if not needs_fetch(part, profile):
                 return PreparedMedia(
                     kind="image",
                     url=part.url,
@@ -100,6 +105,18 @@ def prepare_image(
     return IMAGE_CACHE.get_or_make(key, lambda: process(read_file(path, part)))
 
 
+def needs_fetch(part: MediaPart, profile: ModelProfile) -> bool:
+    """Whether preparing ``part`` for ``profile`` fetches an http(s) URL: an image URL
+    whose extension names a format the model does not take (to convert it)."""
+    if part.kind != "image" or part.url is None or not profile.accepts_images:
+        return False
+    if scheme_of(part.url) not in ("http", "https"):
+        return False
+    formats = normalize_formats(profile.image_formats)
+    url_format = format_from_url(part.url)
+    return formats is not None and url_format is not None and url_format not in formats
+
+
 def _process_image_bytes(
     data: bytes,
     part: MediaPart,
@@ -107,7 +124,9 @@ def _process_image_bytes(
     formats: frozenset[str] | None,
     target: str | None,
     budget: int | None,
+    cap: int,
 ) -> PreparedMedia:
+    check_cancelled()
     fmt = sniff_format(data)
     if fmt is None:
         raise UnsupportedInputError(
@@ -130,9 +149,17 @@ def _process_image_bytes(
             f"The profile asks to convert images to '{target}', which nemovlm cannot write; "
             f"use one of {', '.join(sorted(_PIL_WRITERS))} in convert_images_to."
         )
-    IMAGE_CACHE.count_decode()
     image = _open_image(data, fmt, part)
     width, height = image.size
+    if width * height > cap:
+        raise UnsupportedInputError(
+            f"The {part.describe()} is {width}x{height} pixels "
+            f"({width * height / 1e6:.0f} megapixels), more than the client decodes "
+            f"(MediaPolicy.max_decode_pixels, max_decode_pixels on the chat models: {cap}); "
+            "a small file can declare a huge picture. Scale it down before sending, or "
+            "raise the limit if you trust it."
+        )
+    IMAGE_CACHE.count_decode()
     # EXIF orientations 5-8 turn the picture a quarter: it shows as height x width.
     try:
         # Reading EXIF (kept after the pixels in a PNG) or counting frames (TIFF) can
@@ -161,20 +188,27 @@ def _process_image_bytes(
         _decode(image, part, draft_to=(max(1, width // 8), max(1, height // 8)))
         return untouched
     out_format = target if needs_conversion and target else fmt
+    check_cancelled()
     if too_big and budget is not None:
         _decode(image, part, draft_to=_fit(width, height, budget))
     else:
         _decode(image, part)
+    check_cancelled()
     source_mode = image.mode
-    converted = ImageOps.exif_transpose(image)
+    icc_source = image.info.get("icc_profile")
+    orientation = _orientation(image)
+    converted = image
     if too_big and budget is not None:
+        # Shrink first, so turning and converting work on the small copy.
         converted = _to_encodable_mode(converted, out_format, for_resize=True)
         converted = converted.resize(
             _fit(converted.width, converted.height, budget), Image.Resampling.LANCZOS
         )
+        image.close()  # the full-size pixels are not needed any more
+    converted = _upright(converted, orientation)
     converted = _to_encodable_mode(converted, out_format)
     # An ICC profile only describes the pixels while the colour mode is unchanged.
-    icc = image.info.get("icc_profile") if converted.mode == source_mode else None
+    icc = icc_source if converted.mode == source_mode else None
     encoded = _encode(converted, out_format, icc)
     if not needs_conversion and len(encoded) >= len(data):
         # Re-encoding did not pay off: the original bytes are kept untouched.
@@ -196,7 +230,8 @@ def _open_image(data: bytes, fmt: str, part: MediaPart) -> Image.Image:
         return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise UnsupportedInputError(
-            f"The {part.describe()} has too many pixels to decode safely ({exc}); "
+            f"The {part.describe()} has too many pixels to decode safely ({exc}; Pillow's "
+            "own limit, Image.MAX_IMAGE_PIXELS, ahead of MediaPolicy.max_decode_pixels); "
             "resize it before sending."
         ) from exc
     except Exception as exc:  # Pillow's plugins raise many types on malformed input.
@@ -217,6 +252,33 @@ def _decode(image: Image.Image, part: MediaPart, draft_to: tuple[int, int] | Non
         raise UnsupportedInputError(
             f"The {part.describe()} cannot be decoded ({exc}); it may be corrupt or truncated."
         ) from exc
+
+
+# EXIF orientation -> the transposition that shows the picture upright.
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        value = image.getexif().get(0x0112, 1)
+    except Exception:  # a broken EXIF block: shown as stored, like viewers do
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def _upright(image: Image.Image, orientation: int) -> Image.Image:
+    """``image`` turned as its EXIF orientation asks (``ImageOps.exif_transpose`` would
+    also copy an upright picture in full)."""
+    method = _UPRIGHT.get(orientation)
+    return image if method is None else image.transpose(method)
 
 
 def _fit(width: int, height: int, budget: int) -> tuple[int, int]:

@@ -38,6 +38,19 @@ class _Malformed(Exception):
     pass
 
 
+def _unpack(fmt: str, buf: bytes, offset: int, box: str) -> tuple[int, ...]:
+    """``struct.unpack_from`` that names the box cut short instead of raising struct.error."""
+    if offset < 0 or offset + struct.calcsize(fmt) > len(buf):
+        raise _Malformed(f"the {box} box is too short")
+    return struct.unpack_from(fmt, buf, offset)
+
+
+def _version(body: bytes, box: str) -> int:
+    if not body:
+        raise _Malformed(f"the {box} box is empty")
+    return body[0]
+
+
 @dataclass
 class _Track:
     handler: bytes = b""
@@ -127,10 +140,10 @@ def _process_moov(moov: bytes) -> VideoInfo:
     tracks: list[_Track] = []
     for kind, body in _iter_boxes(moov):
         if kind == b"mvhd":
-            if body[0] == 1:
-                movie_timescale, movie_duration = struct.unpack_from(">IQ", body, 20)
+            if _version(body, "mvhd") == 1:
+                movie_timescale, movie_duration = _unpack(">IQ", body, 20, "mvhd")
             else:
-                movie_timescale, movie_duration = struct.unpack_from(">II", body, 12)
+                movie_timescale, movie_duration = _unpack(">II", body, 12, "mvhd")
                 if movie_duration == 0xFFFFFFFF:  # "unknown" in version 0
                     movie_duration = 0
         elif kind == b"trak":
@@ -164,20 +177,20 @@ def _process_trak(trak: bytes) -> _Track:
     track = _Track()
     tkhd = _child(trak, b"tkhd")
     if tkhd is not None:
-        matrix_at = 52 if tkhd[0] == 1 else 40
-        a, b, _, c, d = struct.unpack_from(">5i", tkhd, matrix_at)
+        matrix_at = 52 if _version(tkhd, "tkhd") == 1 else 40
+        a, b, _, c, d = _unpack(">5i", tkhd, matrix_at, "tkhd")
         track.rotated = a == 0 and d == 0 and b != 0 and c != 0
-        w, h = struct.unpack_from(">II", tkhd, matrix_at + 36)
+        w, h = _unpack(">II", tkhd, matrix_at + 36, "tkhd")
         track.width, track.height = w / 65536, h / 65536
     mdia = _child(trak, b"mdia")
     if mdia is None:
         return track
     for kind, body in _iter_boxes(mdia):
         if kind == b"mdhd":
-            if body[0] == 1:
-                track.timescale, track.duration = struct.unpack_from(">IQ", body, 20)
+            if _version(body, "mdhd") == 1:
+                track.timescale, track.duration = _unpack(">IQ", body, 20, "mdhd")
             else:
-                track.timescale, track.duration = struct.unpack_from(">II", body, 12)
+                track.timescale, track.duration = _unpack(">II", body, 12, "mdhd")
         elif kind == b"hdlr":
             track.handler = body[8:12]
         elif kind == b"minf":
@@ -190,7 +203,7 @@ def _process_trak(trak: bytes) -> _Track:
 def _process_stbl(stbl: bytes, track: _Track) -> None:
     for kind, body in _iter_boxes(stbl):
         if kind == b"stts":
-            (count,) = struct.unpack_from(">I", body, 4)
+            (count,) = _unpack(">I", body, 4, "stts")
             if 8 + 8 * count > len(body):
                 raise _Malformed("stts lists more entries than it holds")
             track.has_stts = True

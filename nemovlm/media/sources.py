@@ -1,14 +1,12 @@
 """Where media may come from, and what the client may do to get it (``MediaPolicy``):
 strings found inside message content (http(s) URLs, ``data:`` URLs, local paths only
-from the allow-list), base64 from framework blocks, files a caller chose to send, and
-the remote fetch used when an http(s) image must be converted."""
+from the allow-list), base64 from framework blocks, and files a caller chose to send.
+The remote fetch, used when an http(s) image must be converted, is in ``fetch``."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import functools
-import importlib
 import os
 import re
 from collections.abc import Hashable
@@ -17,8 +15,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
-
-import httpx
 
 from nemovlm.errors import UnsupportedInputError
 from nemovlm.media.cache import DATA_URLS, content_key
@@ -38,10 +34,24 @@ class MediaPolicy:
     """Shrink images with more pixels than the model can use before sending."""
     max_image_pixels: int | None = None
     """Pixel budget per image; overrides ``profile.max_image_pixels`` when set."""
+    max_decode_pixels: int = 100_000_000
+    """The most pixels (width x height, read from the header before any decoding) an
+    image may have for the client to decode it at all: a small file can declare a
+    picture of gigabytes (a decode bomb). Independent of Pillow's global
+    ``Image.MAX_IMAGE_PIXELS``, which ML code often switches off."""
+    max_video_bytes: int = 100 * 1024 * 1024
+    """The largest video file or bytes the client sends itself (inline as base64, a
+    third larger, or uploaded to fal); a video URL is not affected."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Hosts the client may fetch media from although they resolve to loopback,
+    private, link-local or otherwise non-public addresses: host names (exact), IP
+    addresses or networks (``"10.0.0.0/8"``). Empty (default): only public addresses,
+    because a URL in message content may come from a tool or a web page."""
     max_remote_bytes: int = 20 * 1024 * 1024
     """Cap for media the client itself must fetch (checked while streaming)."""
     remote_timeout: float = 10.0
-    """Seconds allowed for fetching such media."""
+    """Seconds allowed for fetching such media: one deadline for the whole fetch, all
+    redirects and the body included (not per read)."""
     # Typed loosely on purpose: the adapters pass their own ``http_client`` through,
     # and its type follows the installed openai SDK (httpx, or httpx2 in openai 3.x).
     http_client: Any = None
@@ -49,10 +59,15 @@ class MediaPolicy:
     TLS settings or headers, for media the client itself must fetch. ``None``
     (default): a short-lived client per fetch. Never closed here; not pickled (a
     pickled policy fetches with its own client where it lands)."""
+    async_http_client: Any = None
+    """An ``httpx.AsyncClient`` (or ``httpx2.AsyncClient``) for those fetches in async
+    calls, on the caller's event loop. ``None`` (default): async calls fetch with
+    ``http_client`` (or a short-lived client) in a worker thread. Never closed here;
+    not pickled."""
 
     def __getstate__(self) -> dict[str, Any]:
         # A client holds sockets and locks; like the backends' clients, it stays behind.
-        return {**self.__dict__, "http_client": None}
+        return {**self.__dict__, "http_client": None, "async_http_client": None}
 
     # Immutable, so a copy is the policy itself (and keeps its client, which pickling,
     # the default route for copies, would drop).
@@ -300,61 +315,3 @@ def refuse_url_scheme(part: MediaPart) -> UnsupportedInputError:
         "as a pathlib.Path (MediaPart(path=...)), or build the part with "
         "media_from_string and MediaPolicy(allowed_dirs=...)."
     )
-
-
-def fetch_remote(url: str, policy: MediaPolicy, part: MediaPart) -> bytes:
-    """The bytes at an http(s) URL, through ``policy.http_client`` when set, within
-    ``policy.max_remote_bytes`` (checked while streaming) and ``policy.remote_timeout``."""
-    cap = policy.max_remote_bytes
-    too_big = (
-        f"The {part.describe()} is larger than MediaPolicy.max_remote_bytes ({cap} bytes); "
-        "raise the limit or send a smaller file."
-    )
-    own_client = policy.http_client is None
-    client = httpx.Client() if own_client else policy.http_client
-    try:
-        with client.stream(
-            "GET", url, timeout=policy.remote_timeout, follow_redirects=True
-        ) as response:
-            if response.status_code >= 400:
-                raise UnsupportedInputError(
-                    f"Fetching the {part.describe()} (to convert it for the model) failed "
-                    f"with HTTP {response.status_code}; check the URL or send the bytes."
-                )
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > cap:
-                raise UnsupportedInputError(too_big)
-            chunks: list[bytes] = []
-            total = 0
-            for chunk in response.iter_bytes():
-                total += len(chunk)
-                if total > cap:
-                    raise UnsupportedInputError(too_big)
-                chunks.append(chunk)
-    except _http_errors("TimeoutException") as exc:
-        raise UnsupportedInputError(
-            f"Fetching the {part.describe()} timed out after {policy.remote_timeout} s "
-            "(MediaPolicy.remote_timeout); raise it or send the bytes."
-        ) from exc
-    except _http_errors("HTTPError") as exc:
-        raise UnsupportedInputError(
-            f"Fetching the {part.describe()} failed ({type(exc).__name__}: {exc}); "
-            "check the URL or send the bytes."
-        ) from exc
-    finally:
-        if own_client:
-            client.close()
-    return b"".join(chunks)
-
-
-@functools.cache
-def _http_errors(name: str) -> tuple[type[Exception], ...]:
-    """The exception class ``name`` of httpx and, where installed, of httpx2 (the fork
-    openai 3.x speaks through), so a user's client of either kind fails cleanly.
-    Looked up on the first error, so importing this module does not import httpx2."""
-    classes: list[type[Exception]] = [getattr(httpx, name)]
-    try:
-        classes.append(getattr(importlib.import_module("httpx2"), name))
-    except ImportError:
-        pass
-    return tuple(classes)

@@ -1,6 +1,7 @@
-"""Video checked against a model: ``prepare_video`` (sniff the container, measure
-an MP4/MOV with ``read_video_info``, then duration and resolution limits). Video is
-never converted client-side; a local file stays on disk."""
+"""Video checked against a model: ``prepare_video`` (the size against
+``MediaPolicy.max_video_bytes`` before anything is read or decoded, sniff the
+container, measure an MP4/MOV with ``read_video_info``, then duration and resolution
+limits). Video is never converted client-side; a local file stays on disk."""
 
 from __future__ import annotations
 
@@ -18,12 +19,18 @@ from nemovlm.media.formats import (
 )
 from nemovlm.media.mp4 import VideoInfo, read_video_info
 from nemovlm.media.prepared import PreparedMedia, model_label, refuse_kind
-from nemovlm.media.sources import parse_data_url, refuse_url_scheme, scheme_of, stat_file
+from nemovlm.media.sources import (
+    MediaPolicy,
+    parse_data_url,
+    refuse_url_scheme,
+    scheme_of,
+    stat_file,
+)
 from nemovlm.messages import MediaPart
 from nemovlm.profiles import ModelProfile
 
 
-def prepare_video(part: MediaPart, profile: ModelProfile) -> PreparedMedia:
+def prepare_video(part: MediaPart, profile: ModelProfile, policy: MediaPolicy) -> PreparedMedia:
     if not profile.accepts_video:
         raise refuse_kind(part, profile)
     formats = normalize_formats(profile.video_formats)
@@ -46,14 +53,18 @@ def prepare_video(part: MediaPart, profile: ModelProfile) -> PreparedMedia:
             )
         if scheme != "data":
             raise refuse_url_scheme(part)
+        # base64 is 4/3 of the bytes: refuse an oversized URL before decoding it.
+        _check_video_size(len(part.url) * 3 // 4, part, policy)
         _, data = parse_data_url(part.url, part.describe())
+        _check_video_size(len(data), part, policy)
         head = data
     elif part.data is not None:
         data = head = part.data
+        _check_video_size(len(data), part, policy)
     else:
         assert part.path is not None
         path = part.path.expanduser().resolve()
-        stat_file(path, part)
+        _check_video_size(stat_file(path, part).st_size, part, policy)
         try:
             with open(path, "rb") as file:
                 head = file.read(4096)
@@ -110,6 +121,18 @@ def _refuse_video_format(
         f"{model_label(profile)} accepts video as {', '.join(sorted(formats))}; "
         f"the {part.describe()} is {fmt}." + hint
     )
+
+
+def _check_video_size(size: int, part: MediaPart, policy: MediaPolicy) -> None:
+    cap = policy.max_video_bytes
+    if size > cap:
+        raise UnsupportedInputError(
+            f"The {part.describe()} is {size / 1e6:.1f} MB; the client sends at most "
+            f"{cap / 1e6:.1f} MB of video itself (MediaPolicy.max_video_bytes, "
+            "max_video_bytes on the chat models), as a request carries it base64-encoded, "
+            "a third larger, and held in memory. Trim or re-encode it, pass it as an "
+            "http(s) URL the server can fetch, or raise the limit."
+        )
 
 
 def _check_video_limits(info: VideoInfo, part: MediaPart, profile: ModelProfile) -> None:
