@@ -242,28 +242,58 @@ def free_port() -> int:
 
 
 # --- timeouts: a timeout error naming the setting to raise ----------------------------------
+# The emulator's waits here are endless (``inf``: until the client hangs up), so the
+# client's timeout is the only way these calls can end: no race with a finite wait.
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["invoke", "stream"])
 def test_a_server_that_does_not_answer_in_time_raises_a_timeout_naming_the_setting(
     nim_url: str, stream: bool
 ) -> None:
-    llm, _ = faulty(nim_url, "slow:2", timeout=0.3)
+    llm, _ = faulty(nim_url, "slow:inf", timeout=0.3)
     with pytest.raises(RequestTimeoutError, match=r"timeout=0\.3 s: raise the model's `timeout`"):
         list(llm.stream("hi")) if stream else llm.invoke("hi")
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["invoke", "stream"])
 def test_a_reply_that_goes_quiet_midway_raises_a_timeout(nim_url: str, stream: bool) -> None:
-    llm, _ = faulty(nim_url, "stall:2", timeout=0.3)
+    llm, _ = faulty(nim_url, "stall:inf", timeout=0.3)
     with pytest.raises(RequestTimeoutError, match="`timeout`"):
         list(llm.stream("hi")) if stream else llm.invoke("hi")
 
 
 def test_a_timeout_is_a_builtin_timeout_error_too(nim_url: str) -> None:
-    llm, _ = faulty(nim_url, "slow:2", timeout=0.3)
+    llm, _ = faulty(nim_url, "slow:inf", timeout=0.3)
     with pytest.raises(TimeoutError):
         llm.invoke("hi")
+
+
+# A body that never ends, one space at a time: every read returns well within the
+# timeout, so only a deadline for the whole reply can stop it (the emulator would go on
+# for ten minutes).
+
+
+def test_a_whole_reply_trickling_past_the_timeout_raises_a_timeout(nim_url: str) -> None:
+    llm, _ = faulty(nim_url, "trickle", timeout=0.5)
+    with pytest.raises(RequestTimeoutError, match=r"timeout=0\.5 s.*`timeout`"):
+        llm.invoke("hi")
+
+
+async def test_an_async_whole_reply_trickling_past_the_timeout_raises_a_timeout(
+    nim_url: str,
+) -> None:
+    llm, _ = faulty(nim_url, "trickle", timeout=0.5)
+    with pytest.raises(RequestTimeoutError, match=r"timeout=0\.5 s.*`timeout`"):
+        await llm.ainvoke("hi")
+
+
+def test_a_llama_index_reply_trickling_past_the_timeout_raises_a_timeout(nim_url: str) -> None:
+    llm = NemoVLM(
+        model=NANO12, base_url=nim_url, max_retries=0, timeout=0.5,
+        default_headers={"X-Emulator-Fault": "trickle"},
+    )  # fmt: skip
+    with pytest.raises(RequestTimeoutError):
+        llm.chat([ChatMessage(role="user", content="hi")])
 
 
 # --- replies of the wrong shape: a clear error or invalid_tool_calls, no KeyError ----------
@@ -287,6 +317,86 @@ def test_a_200_with_no_choices_is_an_incomplete_response(
     llm, _ = faulty(nim_url, "no_choices")
     with pytest.raises(IncompleteResponseError, match=match):
         list(llm.stream("hi")) if stream else llm.invoke("hi")
+
+
+# --- replies that look complete but are not --------------------------------------------------
+
+
+def test_a_whole_reply_whose_choice_has_no_message_is_an_incomplete_response(
+    nim_url: str,
+) -> None:
+    llm, _ = faulty(nim_url, "no_message")
+    with pytest.raises(IncompleteResponseError, match="no message"):
+        llm.invoke("hi")
+
+
+@pytest.mark.parametrize(
+    ("stream", "match"),
+    [(False, "has no finish_reason"), (True, "ended before the model finished")],
+    ids=["invoke", "stream"],
+)
+def test_a_reply_without_a_finish_reason_is_an_incomplete_response(
+    nim_url: str, stream: bool, match: str
+) -> None:
+    llm, _ = faulty(nim_url, "no_finish_reason")
+    with pytest.raises(IncompleteResponseError, match=match):
+        list(llm.stream("hi")) if stream else llm.invoke("hi")
+
+
+async def test_an_async_whole_reply_without_a_finish_reason_is_an_incomplete_response(
+    nim_url: str,
+) -> None:
+    llm, _ = faulty(nim_url, "no_finish_reason")
+    with pytest.raises(IncompleteResponseError, match="has no finish_reason"):
+        await llm.ainvoke("hi")
+
+
+def test_a_llama_index_reply_without_a_message_is_an_incomplete_response(nim_url: str) -> None:
+    llm = NemoVLM(
+        model=NANO12, base_url=nim_url, max_retries=0,
+        default_headers={"X-Emulator-Fault": "no_message"},
+    )  # fmt: skip
+    with pytest.raises(IncompleteResponseError):
+        llm.chat([ChatMessage(role="user", content="hi")])
+
+
+def test_an_error_inside_a_stream_is_a_request_error_with_the_servers_message_and_code(
+    nim_url: str,
+) -> None:
+    llm, _ = faulty(nim_url, "error_event")
+    received: list[AIMessageChunk] = []
+    with pytest.raises(RequestError) as info:
+        for chunk in llm.stream("tell me a long story"):
+            received.append(chunk)  # type: ignore[arg-type]
+    error = info.value
+    assert received, "the error should come after some chunks arrived"
+    assert "the engine failed mid-generation" in error.server_message
+    assert (error.code, error.status_code, error.model) == (500, 500, NANO12)
+    assert not isinstance(error.__cause__, RequestError)  # converted once, from the SDK's
+
+
+async def test_an_error_inside_an_async_stream_is_a_request_error(nim_url: str) -> None:
+    llm, _ = faulty(nim_url, "error_event")
+    with pytest.raises(RequestError, match="the engine failed mid-generation"):
+        async for _ in llm.astream("tell me a long story"):
+            pass
+
+
+def test_an_error_inside_a_llama_index_stream_is_a_request_error(nim_url: str) -> None:
+    llm = NemoVLM(
+        model=NANO12, base_url=nim_url, max_retries=0,
+        default_headers={"X-Emulator-Fault": "error_event"},
+    )  # fmt: skip
+    with pytest.raises(RequestError, match="the engine failed mid-generation"):
+        for _ in llm.stream_chat([ChatMessage(role="user", content="a long story")]):
+            pass
+
+
+def test_a_200_carrying_only_an_error_object_is_a_request_error(nim_url: str) -> None:
+    llm, _ = faulty(nim_url, "error_event")
+    with pytest.raises(RequestError, match="the engine failed mid-generation") as info:
+        llm.invoke("hi")
+    assert info.value.code == 500
 
 
 def test_unparseable_tool_arguments_become_invalid_tool_calls(nim_url: str) -> None:

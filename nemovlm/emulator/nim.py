@@ -166,11 +166,32 @@ _STATUS_FAULTS = {
     "429": (429, "RateLimitError", "rate limited"),
     "503": (503, "ServiceUnavailableError", "service unavailable"),
     "500": (500, "InternalServerError", "internal server error"),
+    # A 401 whose message quotes the credential it refused, as some gateways do.
+    "echo_key": (401, "AuthenticationError", "invalid credential"),
 }
-_CONTENT_FAULTS = ("break_stream", "malformed_json", "no_choices", "bad_tool_args")
+_CONTENT_FAULTS = (
+    "break_stream",
+    "malformed_json",
+    "no_choices",
+    "bad_tool_args",
+    # A whole reply whose choice lacks its message, or its finish_reason (streamed: the
+    # last chunk's finish_reason stays null).
+    "no_message",
+    "no_finish_reason",
+    # A stream that fails mid-way with vLLM's ``data: {"error": {...}}``; a whole reply
+    # that is a 200 carrying only that error object (as some proxies send).
+    "error_event",
+    # A whole reply whose body never ends: the JSON opens, then a space every
+    # _TRICKLE_SECONDS until the client hangs up (each read returns, so only a
+    # deadline for the whole body stops it).
+    "trickle",
+)
 # slow: wait before answering; stall: go quiet mid-reply (after a few chunks, or half
-# the body), as a server that hangs while generating does.
+# the body), as a server that hangs while generating does. ``inf`` waits until the
+# client hangs up, so a test of a client timeout does not race a finite wait.
 _TIMED_FAULTS = ("slow", "stall")
+_TRICKLE_SECONDS = 0.02
+_TRICKLE_LIMIT_SECONDS = 600.0
 BROKEN_TOOL_ARGUMENTS = '{"city": "Par'
 _CHUNKS_BEFORE_BREAK = 3
 
@@ -378,7 +399,7 @@ async def _chat_completions(request: Request) -> Response:
     try:
         fault = _process_fault(request)
         if fault is not None and fault.name == "slow":
-            await asyncio.sleep(fault.seconds)
+            await _wait_unless_disconnected(request, fault.seconds)
         elif fault is not None and fault.name in _STATUS_FAULTS:
             return _map_status_fault(request, fault.name)
         if not isinstance(body, dict):
@@ -441,10 +462,28 @@ def _process_fault(request: Request) -> _Fault | None:
 
 def _map_status_fault(request: Request, name: str) -> Response:
     status, kind, what = _STATUS_FAULTS[name]
-    response = _error(status, f"Emulated fault {name} ({what}), from X-Emulator-Fault.", kind)
+    message = f"Emulated fault {name} ({what}), from X-Emulator-Fault."
+    if name == "echo_key":
+        sent = request.headers.get("authorization", "(none)")
+        message = f"Emulated fault echo_key: the credential {sent!r} was refused."
+    response = _error(status, message, kind)
     if status in (429, 503):
         response.headers["retry-after"] = request.headers.get("x-emulator-retry-after", "0")
     return response
+
+
+async def _wait_unless_disconnected(request: Request, seconds: float) -> None:
+    """Sleep ``seconds`` (``inf``: forever), ending early when the client hangs up."""
+
+    async def disconnected() -> None:
+        # The body is read, so the next message is the disconnect.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    try:
+        await asyncio.wait_for(disconnected(), None if math.isinf(seconds) else seconds)
+    except asyncio.TimeoutError:
+        pass
 
 
 # --- request in ----------------------------------------------------------------------
@@ -1049,7 +1088,15 @@ def _map_response(
     completion = _map_completion(chat, reply, ident, created, usage)
     if fault == "no_choices":
         completion["choices"] = []
+    if fault == "no_message":
+        del completion["choices"][0]["message"]
+    if fault == "no_finish_reason":
+        completion["choices"][0]["finish_reason"] = None
+    if fault == "error_event":
+        completion = {"error": _stream_error()}
     encoded = json.dumps(completion)
+    if fault == "trickle":
+        return StreamingResponse(_trickled_body(encoded), media_type="application/json")
     if fault == "malformed_json":
         return Response(encoded[: len(encoded) // 2], media_type="application/json")
     if fault == "break_stream":
@@ -1142,10 +1189,22 @@ def _map_chunks(
             chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
             for piece in _pieces(call.arguments, size)
         ]
-    chunks.append(chunk({}, reply.finish_reason))
+    if fault == "error_event":
+        chunks.insert(_CHUNKS_BEFORE_BREAK, {"error": _stream_error()})
+    chunks.append(chunk({}, None if fault == "no_finish_reason" else reply.finish_reason))
     if chat.include_usage:
         chunks.append({**chunk({}), "choices": [], "usage": usage})
     return chunks
+
+
+def _stream_error() -> dict[str, Any]:
+    # vLLM's shape for a failure after the stream began (an ErrorResponse's fields).
+    return {
+        "message": "Emulated fault error_event: the engine failed mid-generation.",
+        "type": "InternalServerError",
+        "param": None,
+        "code": 500,
+    }
 
 
 def _pieces(text: str, size: int) -> list[str]:
@@ -1168,6 +1227,14 @@ async def _sse(
     if fault == "break_stream":
         raise _StreamAborted("X-Emulator-Fault: break_stream")
     yield "data: [DONE]\n\n"
+
+
+async def _trickled_body(encoded: str) -> AsyncIterator[str]:
+    yield encoded[:1]
+    for _ in range(int(_TRICKLE_LIMIT_SECONDS / _TRICKLE_SECONDS)):
+        await asyncio.sleep(_TRICKLE_SECONDS)
+        yield " "  # JSON allows whitespace between tokens: still a valid reply so far
+    yield encoded[1:]
 
 
 async def _stalled_body(encoded: str, seconds: float) -> AsyncIterator[str]:
