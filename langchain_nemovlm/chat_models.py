@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr
 
 from langchain_nemovlm._base import _NemoChatModel
 from nemovlm.backends.nim import NIMBackend
+from nemovlm.secrets import BaseURL, Headers, lc_secret_paths
 
 
 class ChatNemoVLM(_NemoChatModel):
@@ -38,7 +39,7 @@ class ChatNemoVLM(_NemoChatModel):
     protocol otherwise); ``with_structured_output``.
     """
 
-    base_url: str | None = Field(default=None, alias="nvidia_base_url")
+    base_url: BaseURL = Field(default=None, alias="nvidia_base_url")
     api_key: SecretStr | None = Field(
         default_factory=secret_from_env("NVIDIA_API_KEY", default=None), alias="nvidia_api_key"
     )
@@ -47,7 +48,9 @@ class ChatNemoVLM(_NemoChatModel):
     video_fps: float | None = None
     video_num_frames: int | None = None
     max_num_tiles: int | None = None
-    default_headers: dict[str, str] | None = None
+    default_headers: Headers = None
+    """Sent with every request; credentials in them (and a password in ``base_url``)
+    are kept out of repr, dumps and errors."""
     http_client: Any = Field(default=None, exclude=True)
     """An HTTP client of your own (proxies, custom TLS) for sync calls, of the type the
     installed ``openai`` SDK takes (``httpx.Client``; ``httpx2.Client`` with openai 3.x)."""
@@ -59,7 +62,7 @@ class ChatNemoVLM(_NemoChatModel):
 
     @property
     def lc_secrets(self) -> dict[str, str]:
-        return {"api_key": "NVIDIA_API_KEY"}
+        return {"api_key": "NVIDIA_API_KEY", **lc_secret_paths(self.default_headers, self.base_url)}
 
     @classmethod
     def get_lc_namespace(cls) -> list[str]:

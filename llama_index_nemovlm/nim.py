@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from llama_index_nemovlm._base import _NemoLLM, _NemoMultiModal
 from nemovlm.backends.nim import NIMBackend
+from nemovlm.secrets import BaseURL, Headers
 
 
 def _api_key_from_env() -> SecretStr | None:
@@ -20,7 +21,7 @@ def _api_key_from_env() -> SecretStr | None:
 class _NimSettings(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    base_url: str | None = Field(
+    base_url: BaseURL = Field(
         default=None,
         description="The NIM's /v1 URL; else NVIDIA_BASE_URL, else NVIDIA's hosted API catalog.",
     )
@@ -35,7 +36,11 @@ class _NimSettings(BaseModel):
     video_fps: float | None = None
     video_num_frames: int | None = None
     max_num_tiles: int | None = None
-    default_headers: dict[str, str] | None = None
+    default_headers: Headers = Field(
+        default=None,
+        description="Sent with every request; credentials in them (and a password in "
+        "base_url) are kept out of repr, to_dict/to_json and errors.",
+    )
     http_client: Any = Field(
         default=None, exclude=True, description="A client of your own (proxies, TLS)."
     )

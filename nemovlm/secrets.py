@@ -10,17 +10,22 @@ shown or saved:
   ``model_dump`` (so LlamaIndex ``to_dict`` / ``to_json``) show ``REDACTED`` in place
   of each secret, while the model itself still sends the real values;
 - ``lc_secret_paths`` names them for LangChain's ``dumps`` (and so callbacks'
-  ``serialized``), which then writes secret references instead of values;
+  ``serialized``), which then writes secret references instead of values: the whole
+  ``default_headers`` when one of them is a credential (LangChain escapes references
+  nested deeper), and the whole ``base_url`` when it holds a password;
 - ``redact_text`` / ``scrub_exception`` take the values out of error messages,
   including a server's message that echoes a key back.
 
-A model rebuilt from a dump never holds these values: a ``REDACTED`` value (or the
-``None`` LangChain's ``loads`` leaves for a secret it was not given) is refused with
-a message that says to pass the credential again.
+A model rebuilt from a dump never holds these values. LangChain's ``loads`` gives them
+back from its ``secrets_map`` (``NEMOVLM_DEFAULT_HEADERS``: the headers as a dict or
+as JSON text; ``NVIDIA_BASE_URL``), else the model has none, as with ``api_key``. A
+``REDACTED`` value (a LlamaIndex dump read back) is refused with a message that says
+to pass the credential again.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any
@@ -76,14 +81,21 @@ class SecretHeaders(dict[str, str]):
 
 
 def _check_headers(value: Any) -> Any:
+    if isinstance(value, str):
+        # LangChain's loads hands back the secret as given in its secrets_map.
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError(
+                f"default_headers must be a dict (or its JSON text for {HEADERS_SECRET_ID} "
+                "in LangChain's secrets_map)."
+            ) from None
     if isinstance(value, Mapping):
         for name, item in value.items():
-            if is_secret_name(str(name)) and (item is None or item == REDACTED):
+            if is_secret_name(str(name)) and item == REDACTED:
                 raise ValueError(
                     f"default_headers[{name!r}] holds no credential (it was redacted when "
-                    "the model was saved, which never keeps one): pass the header again, "
-                    "or for LangChain's loads give it in secrets_map under "
-                    f"{header_secret_id(str(name))!r}."
+                    "the model was saved, which never keeps one): pass the header again."
                 )
     return value
 
@@ -101,9 +113,9 @@ Headers = Annotated[
 """The type of a ``default_headers`` field: credentials hidden in repr and dumps."""
 
 
-def header_secret_id(name: str) -> str:
-    """The LangChain secret id a header's value is saved under."""
-    return "NEMOVLM_HEADER_" + re.sub(r"[^A-Za-z0-9]", "_", name).upper()
+HEADERS_SECRET_ID = "NEMOVLM_DEFAULT_HEADERS"
+"""The LangChain secret id ``default_headers`` are saved under when they hold a
+credential."""
 
 
 # --- URLs ------------------------------------------------------------------------------
@@ -175,14 +187,12 @@ BaseURL = Annotated[
 
 
 def lc_secret_paths(headers: Mapping[str, str] | None, base_url: str | None) -> dict[str, str]:
-    """Entries for a LangChain model's ``lc_secrets``: each credential header, and the
-    whole ``base_url`` when it holds a password (saved as a reference to
-    ``NVIDIA_BASE_URL``, the variable the URL is otherwise read from)."""
-    paths = {
-        f"default_headers.{name}": header_secret_id(name)
-        for name in headers or {}
-        if is_secret_name(name) and "." not in name
-    }
+    """Entries for a LangChain model's ``lc_secrets``: ``default_headers`` when one of
+    them is a credential, ``base_url`` when it holds a password (saved as a reference
+    to ``NVIDIA_BASE_URL``, the variable the URL is otherwise read from)."""
+    paths: dict[str, str] = {}
+    if any(is_secret_name(name) for name in headers or {}):
+        paths["default_headers"] = HEADERS_SECRET_ID
     if url_secrets(base_url):
         paths["base_url"] = "NVIDIA_BASE_URL"
     return paths
@@ -222,6 +232,13 @@ def _scrubbed(value: Any, secrets: tuple[str, ...], depth: int = 0) -> Any:
         return {k: _scrubbed(v, secrets, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(_scrubbed(v, secrets, depth + 1) for v in value)
+    url = getattr(value, "url", None)
+    if url is not None and any(s in str(url) for s in secrets):
+        # An HTTP client's request, kept on its error: its URL may carry the password.
+        try:
+            value.url = type(url)(redact_text(str(url), secrets))
+        except (AttributeError, TypeError, ValueError):
+            pass
     return value
 
 
@@ -237,8 +254,9 @@ def scrub_exception(error: BaseException, secrets: tuple[str, ...]) -> None:
         seen.add(id(current))
         current.args = tuple(_scrubbed(a, secrets) for a in current.args)
         for name, value in list(vars(current).items()):
-            if isinstance(value, (str, dict, list, tuple)):
-                setattr(current, name, _scrubbed(value, secrets))
+            scrubbed = _scrubbed(value, secrets)
+            if scrubbed is not value:
+                setattr(current, name, scrubbed)
         current = current.__cause__ or current.__context__
 
 
@@ -248,7 +266,7 @@ __all__ = [
     "Headers",
     "SecretHeaders",
     "SecretURL",
-    "header_secret_id",
+    "HEADERS_SECRET_ID",
     "header_secrets",
     "is_secret_name",
     "lc_secret_paths",
