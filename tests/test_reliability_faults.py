@@ -11,23 +11,26 @@ Grouped: rate limits and unavailability (retried, then a clear error), broken re
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import dataclasses
 import logging
 import re
 import socket
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 from langchain_core.messages import AIMessageChunk
 from langchain_core.tools import tool
-from llama_index.core.base.llms.types import ChatMessage
+from llama_index.core.base.llms.types import ChatMessage, ImageBlock, TextBlock
 from llama_index.core.tools import FunctionTool
 
 from langchain_nemovlm import ChatNemoFal, ChatNemoVLM
-from llama_index_nemovlm import NemoVLM
+from llama_index_nemovlm import NemoFal, NemoVLM
 from nemovlm.emulator.fal import FalEmulator, use_fal_emulator
 from nemovlm.emulator.nim import BROKEN_TOOL_ARGUMENTS
 from nemovlm.emulator.server import RunningServer
@@ -513,6 +516,106 @@ def test_a_fal_timeout_cancels_the_queued_request(fal_emu: FalEmulator) -> None:
     [record] = fal_emu.state.requests.values()
     assert record.cancelled
     assert record.request_id in str(info.value)
+
+
+def test_a_fal_timeout_before_fal_acknowledged_the_request_claims_no_cancellation(
+    fal_emu: FalEmulator,
+) -> None:
+    # The emulator holds the submission until the client hangs up: nothing is queued.
+    fal_emu.inject_fault("slow_submit")
+
+    async def call() -> None:
+        await fal(timeout=1.2).ainvoke(with_image())
+
+    with pytest.raises(RequestTimeoutError) as info:
+        asyncio.run(call())
+    message = str(info.value)
+    assert "nothing was cancelled" in message and "it was cancelled" not in message
+    assert fal_emu.state.requests == {}
+
+
+def test_a_request_fal_queues_after_a_sync_timeout_is_cancelled_at_once(
+    fal_emu: FalEmulator,
+) -> None:
+    # fal-client's sync subscribe leaves its submission running in a worker thread after
+    # the timeout; the emulator queues it (as a slow request) once its hold is over.
+    saved = fal_emu.state.settings
+    fal_emu.state.settings = dataclasses.replace(saved, submit_hold_seconds=1.5)
+    try:
+        fal_emu.inject_fault("slow_submit")
+        with pytest.raises(RequestTimeoutError):
+            fal(timeout=1.2).invoke(with_image())
+        record = wait_for_request(fal_emu, lambda r: r.cancelled)
+    finally:
+        fal_emu.state.settings = saved
+    assert record.cancelled
+
+
+def wait_for_request(emu: FalEmulator, done: Callable[[Any], bool]) -> Any:
+    """The emulator's one request once ``done(request)`` holds. An event, not a clock:
+    the bound only keeps a broken build from hanging."""
+    for _ in range(6000):
+        records = list(emu.state.requests.values())
+        if records and done(records[0]):
+            return records[0]
+        time.sleep(0.01)
+    pytest.fail("the fal emulator never saw the request reach that state")
+
+
+async def wait_until_polled(emu: FalEmulator) -> None:
+    """Until the client has polled its request once: by then it knows the request id."""
+    for _ in range(6000):
+        if any(r.polls for r in emu.state.requests.values()):
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail("the client never polled its fal request")
+
+
+async def test_cancelling_an_awaiting_fal_call_cancels_the_queued_request(
+    fal_emu: FalEmulator,
+) -> None:
+    fal_emu.inject_fault("slow")
+    task = asyncio.create_task(fal().ainvoke(with_image()))
+    await wait_until_polled(fal_emu)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [record] = fal_emu.state.requests.values()
+    assert record.cancelled
+
+
+async def test_closing_a_fal_stream_midway_cancels_the_queued_request(
+    fal_emu: FalEmulator,
+) -> None:
+    fal_emu.inject_fault("slow")
+
+    async def consume() -> None:
+        async for _ in fal().astream(with_image()):
+            pass
+
+    task = asyncio.create_task(consume())
+    await wait_until_polled(fal_emu)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [record] = fal_emu.state.requests.values()
+    assert record.cancelled
+
+
+async def test_cancelling_a_llama_index_fal_call_cancels_the_queued_request(
+    fal_emu: FalEmulator,
+) -> None:
+    fal_emu.inject_fault("slow")
+    llm = NemoFal(model=DIFFUSION, api_key="emulator-key", poll_interval=0.01)
+    picture = ImageBlock(image=make_image())
+    message = ChatMessage(role="user", blocks=[picture, TextBlock(text="?")])
+    task = asyncio.create_task(llm.achat([message]))
+    await wait_until_polled(fal_emu)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [record] = fal_emu.state.requests.values()
+    assert record.cancelled
 
 
 def test_a_broken_tool_call_from_fal_is_an_invalid_tool_call(fal_emu: FalEmulator) -> None:

@@ -44,7 +44,10 @@ IN_PROGRESS for ``FalEmulatorSettings.slow_seconds`` (to test cancellation);
 ``bad_json``: the output is a tool call cut off mid-JSON (``BROKEN_TOOL_CALL``);
 ``429``: the submission itself is refused with 429 and ``Retry-After`` (injected only,
 never by marker, since every retry would carry the marker again; counted in
-``FalEmulatorState.rate_limited``).
+``FalEmulatorState.rate_limited``); ``slow_submit`` (injected only): the submission is
+held until the client hangs up - then nothing is queued - or for
+``FalEmulatorSettings.submit_hold_seconds``, after which it is queued as a ``slow``
+request (to test a timeout that strikes before fal has acknowledged the request).
 """
 
 from __future__ import annotations
@@ -81,8 +84,8 @@ from starlette.routing import Route
 from nemovlm.emulator.schema import Hint, hint_from_text, synthesize
 from nemovlm.emulator.server import RunningServer
 
-FaultKind = Literal["failed", "422", "slow", "bad_json", "429"]
-FAULT_KINDS: tuple[FaultKind, ...] = ("failed", "422", "slow", "bad_json", "429")
+FaultKind = Literal["failed", "422", "slow", "bad_json", "429", "slow_submit"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("failed", "422", "slow", "bad_json", "429", "slow_submit")
 BROKEN_TOOL_CALL = '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Par'
 EMULATOR_TAG = "[nemovlm emulator]"
 DIFFUSION_APP = "fal-ai/nemotron-diffusion-vlm"
@@ -110,6 +113,8 @@ class FalEmulatorSettings:
     some deployments do, only the closing tag."""
     slow_seconds: float = 30.0
     """How long a ``slow`` request stays IN_PROGRESS unless cancelled."""
+    submit_hold_seconds: float = 30.0
+    """How long a ``slow_submit`` submission is held while the client stays connected."""
     api_keys: frozenset[str] | None = None
     """Keys accepted; ``None`` (default): any non-blank key."""
 
@@ -559,6 +564,10 @@ async def submit(request: Request) -> Response:
     fault = _fault_for(arguments, state)
     if fault == "429":
         return _rate_limited(state)
+    if fault == "slow_submit":
+        if await _hung_up_within(request, state.settings.submit_hold_seconds):
+            return Response(status_code=499)  # nobody is listening; nothing was queued
+        fault = "slow"
     record = _QueuedRequest(
         request_id=str(uuid.uuid4()),
         app=app,
@@ -574,6 +583,21 @@ async def submit(request: Request) -> Response:
         "queue_position": 0,
     }
     return JSONResponse(body, headers={"x-fal-request-id": record.request_id})
+
+
+async def _hung_up_within(request: Request, seconds: float) -> bool:
+    """Whether the client disconnects within ``seconds`` (its body is read already, so
+    the next ASGI message is the disconnect)."""
+
+    async def hang_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    try:
+        await asyncio.wait_for(hang_up(), seconds)
+    except asyncio.TimeoutError:
+        return False
+    return True
 
 
 def _rate_limited(state: FalEmulatorState) -> Response:
