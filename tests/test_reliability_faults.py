@@ -441,6 +441,74 @@ def test_unparseable_streamed_tool_arguments_become_invalid_tool_calls_in_langch
     assert message.invalid_tool_calls[0]["args"] == BROKEN_TOOL_ARGUMENTS
 
 
+# Duplicate ids and nameless calls: the model's call cannot be answered or run, so it is
+# an invalid tool call, not one an agent would execute.
+
+
+def test_duplicate_tool_call_ids_are_flagged_invalid(nim_url: str) -> None:
+    llm, _ = faulty(nim_url, "duplicate_tool_ids")
+    message = llm.bind_tools([get_weather]).invoke("weather in Paris and Rome?")
+    [call] = message.tool_calls
+    [bad] = message.invalid_tool_calls
+    assert call["args"] == {"city": "Paris"} and bad["id"] == call["id"]
+    assert "already used by an earlier call" in str(bad["error"])
+
+
+def test_duplicate_tool_call_ids_are_flagged_invalid_in_a_llama_index_stream(
+    nim_url: str,
+) -> None:
+    llm = NemoVLM(
+        model=NANO12, base_url=nim_url, max_retries=0,
+        default_headers={"X-Emulator-Fault": "duplicate_tool_ids"},
+    )  # fmt: skip
+    *_, last = llm.stream_chat_with_tools([get_weather_li], user_msg="Paris and Rome?")
+    [selection] = llm.get_tool_calls_from_response(last, error_on_no_tool_call=False)
+    assert selection.tool_kwargs == {"city": "Paris"}
+    [bad] = last.message.additional_kwargs["invalid_tool_calls"]
+    assert "already used" in bad["error"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
+def test_a_tool_call_with_no_name_is_flagged_invalid_in_llama_index(
+    nim_url: str, stream: bool
+) -> None:
+    llm = NemoVLM(
+        model=NANO12, base_url=nim_url, max_retries=0,
+        default_headers={"X-Emulator-Fault": "nameless_tool_call"},
+    )  # fmt: skip
+    if stream:
+        *_, last = llm.stream_chat_with_tools([get_weather_li], user_msg="weather?")
+    else:
+        last = llm.chat_with_tools([get_weather_li], user_msg="weather?")
+    assert llm.get_tool_calls_from_response(last, error_on_no_tool_call=False) == []
+    [bad] = last.message.additional_kwargs["invalid_tool_calls"]
+    assert "no function name" in bad["error"]
+
+
+def test_a_tool_call_with_no_name_is_flagged_invalid_in_langchain(nim_url: str) -> None:
+    llm, _ = faulty(nim_url, "nameless_tool_call")
+    message = llm.bind_tools([get_weather]).invoke("weather?")
+    assert message.tool_calls == []
+    assert "no function name" in str(message.invalid_tool_calls[0]["error"])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="LangChain builds a streamed message's tool_calls from the merged "
+    "tool_call_chunks itself (a missing name becomes ''), and chunks already streamed "
+    "cannot be retracted; whole calls and LlamaIndex streams flag these",
+)
+@pytest.mark.parametrize("fault", ["nameless_tool_call", "duplicate_tool_ids"])
+def test_streamed_nameless_or_duplicate_tool_calls_are_invalid_in_langchain(
+    nim_url: str, fault: str
+) -> None:
+    llm, _ = faulty(nim_url, fault)
+    message: Any = None
+    for chunk in llm.bind_tools([get_weather]).stream("weather?"):
+        message = chunk if message is None else message + chunk
+    assert len(message.invalid_tool_calls) == 1
+
+
 # --- server refusals ------------------------------------------------------------------------
 
 

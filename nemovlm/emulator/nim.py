@@ -174,6 +174,9 @@ _CONTENT_FAULTS = (
     "malformed_json",
     "no_choices",
     "bad_tool_args",
+    # Two tool calls sharing one id; a tool call whose function has no name.
+    "duplicate_tool_ids",
+    "nameless_tool_call",
     # A whole reply whose choice lacks its message, or its finish_reason (streamed: the
     # last chunk's finish_reason stays null).
     "no_message",
@@ -843,6 +846,15 @@ def _compose_reply(chat: _Chat, ident: str, fault: str | None) -> _Reply:
         name = _chosen_tool(chat.tools, choice)["function"]["name"] if chat.tools else "get_weather"
         call = _ToolCall(f"call_{ident}_0", name, BROKEN_TOOL_ARGUMENTS)
         return _Reply(None, tool_calls=[call], finish_reason="tool_calls")
+    if fault in ("duplicate_tool_ids", "nameless_tool_call"):
+        name = _chosen_tool(chat.tools, choice)["function"]["name"] if chat.tools else "get_weather"
+        faulty_calls = [
+            _ToolCall(f"call_{ident}_0", name, '{"city": "Paris"}'),
+            _ToolCall(f"call_{ident}_0", name, '{"city": "Rome"}'),
+        ]
+        if fault == "nameless_tool_call":
+            faulty_calls = [_ToolCall(f"call_{ident}_0", "", '{"city": "Paris"}')]
+        return _Reply(None, tool_calls=faulty_calls, finish_reason="tool_calls")
     # A user turn right after tool results carries what the tools returned (images):
     # the model reads it and answers, as a real one would, instead of calling again.
     after_tools = len(chat.turns) > 1 and chat.turns[-2].role == "tool"
@@ -1118,7 +1130,7 @@ def _map_message(chat: _Chat, reply: _Reply) -> dict[str, Any]:
             {
                 "id": call.id,
                 "type": "function",
-                "function": {"name": call.name, "arguments": call.arguments},
+                "function": {"name": call.name or None, "arguments": call.arguments},
             }
             for call in reply.tool_calls
         ]
@@ -1182,7 +1194,7 @@ def _map_chunks(
             "index": index,
             "id": call.id,
             "type": "function",
-            "function": {"name": call.name, "arguments": ""},
+            "function": {"name": call.name or None, "arguments": ""},
         }
         chunks.append(chunk({"tool_calls": [head]}))
         chunks += [
