@@ -424,3 +424,41 @@ def test_credentials_in_headers_are_really_sent(nim_url: str) -> None:
     ChatNemoVLM(**{**with_credentials(nim_url), "base_url": nim_url}).invoke("hi")  # type: ignore[arg-type]
     [record] = httpx.get(f"{base}/emulator/requests").json()
     assert record["headers"]["x-gateway-key"] == GATEWAY_KEY
+
+
+# --- the emulator's TLS key material ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_the_emulator_command_removes_its_tls_key_material_when_stopped(stop: str) -> None:
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nemovlm.cli", "emulator", "--port", "0", "--fal-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        bundle = None
+        for line in proc.stdout:
+            if found := re.match(r"\s*export SSL_CERT_FILE=(\S+)", line):
+                bundle = Path(found.group(1))
+            if line.startswith("Ctrl-C stops it."):
+                break
+        assert bundle is not None
+        workdir = bundle.parent
+        assert (workdir / "server.key").is_file()
+        proc.send_signal(getattr(signal, stop))
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert not workdir.exists()
