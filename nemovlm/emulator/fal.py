@@ -40,7 +40,8 @@ replies synthesised from the schemas.
 Faults, for tests: ``FalEmulator.inject_fault(kind)`` (the next request) or the
 marker ``[emulator-fault:KIND]`` anywhere in the prompt. ``failed``: the result is a
 500; ``422``: the result is a validation error; ``slow``: the request stays
-IN_PROGRESS for ``FalEmulatorSettings.slow_seconds`` (to test cancellation);
+IN_PROGRESS for ``FalEmulatorSettings.slow_seconds`` (default: until cancelled; to
+test timeouts and cancellation);
 ``bad_json``: the output is a tool call cut off mid-JSON (``BROKEN_TOOL_CALL``);
 ``429``: the submission itself is refused with 429 and ``Retry-After`` (injected only,
 never by marker, since every retry would carry the marker again; counted in
@@ -111,8 +112,9 @@ class FalEmulatorSettings:
     think_tags: Literal["full", "close_only"] = "full"
     """How Omni's think-mode output marks the reasoning: ``<think>...</think>`` or, as
     some deployments do, only the closing tag."""
-    slow_seconds: float = 30.0
-    """How long a ``slow`` request stays IN_PROGRESS unless cancelled."""
+    slow_seconds: float = math.inf
+    """How long a ``slow`` request stays IN_PROGRESS unless cancelled (default: until
+    cancelled, so a test of a timeout or a cancellation cannot race it)."""
     submit_hold_seconds: float = 30.0
     """How long a ``slow_submit`` submission is held while the client stays connected."""
     api_keys: frozenset[str] | None = None
@@ -594,7 +596,7 @@ async def _hung_up_within(request: Request, seconds: float) -> bool:
             pass
 
     try:
-        await asyncio.wait_for(hang_up(), seconds)
+        await asyncio.wait_for(hang_up(), None if math.isinf(seconds) else seconds)
     except asyncio.TimeoutError:
         return False
     return True
@@ -727,7 +729,8 @@ async def run(request: Request) -> Response:
     if fault == "429":
         return _rate_limited(state)
     if fault == "slow":
-        await asyncio.sleep(state.settings.slow_seconds)
+        if await _hung_up_within(request, state.settings.slow_seconds):
+            return Response(status_code=499)  # the caller gave up; nothing ran
         fault = None
     record = _QueuedRequest(str(uuid.uuid4()), app, _queue_app(app), arguments, fault)
     record.started_at = time.monotonic()
