@@ -101,6 +101,8 @@ class NIMBackend:
     base_url: str
     api_key: SecretStr | None = None
     timeout: float | None = 60.0
+    """Seconds. A whole reply: a deadline from the call to its last byte. A stream: the
+    longest wait for the connection, the first chunk, or the next chunk."""
     max_retries: int = 2
     default_headers: dict[str, str] | None = None
     # The HTTP client type follows the installed ``openai`` SDK (httpx, or httpx2 in 3.x).
