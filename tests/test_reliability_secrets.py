@@ -300,6 +300,12 @@ def test_a_harmless_header_and_the_url_without_its_password_still_show(nim_url: 
     assert "'X-Team': 'vision'" in shown and "gateway-user:**********@127.0.0.1" in shown
 
 
+def test_a_credential_in_the_base_url_query_is_hidden_too(nim_url: str) -> None:
+    model = NemoVLM(model=NANO12, base_url=f"{nim_url}?api_key={GATEWAY_KEY}&region=eu")
+    shown = repr(model) + model.to_json()
+    assert hidden_leaks(shown) == [] and "region=eu" in shown
+
+
 def test_credentials_in_headers_and_base_url_are_secret_references_in_langchain_dumps(
     nim_url: str,
 ) -> None:
