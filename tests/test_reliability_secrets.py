@@ -388,6 +388,21 @@ def test_a_llama_index_model_rebuilt_from_a_dump_asks_for_the_header_again(
         NemoVLM.from_dict(dumped)
 
 
+def test_credentials_in_headers_are_not_in_debug_logs_of_whole_calls(
+    nim_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = {**with_credentials(nim_url), "base_url": nim_url}
+    with caplog.at_level(logging.DEBUG):
+        ChatNemoVLM(**settings).invoke("hi")  # type: ignore[arg-type]
+        list(ChatNemoVLM(**settings).stream("hi"))  # type: ignore[arg-type]
+        NemoVLM(**settings).chat([ChatMessage(role="user", content="hi")])  # type: ignore[arg-type]
+    assert len(caplog.records) > 10  # the libraries did log at DEBUG
+    logged = "\n".join(
+        f"{r.name} {r.getMessage()} {r.args!r} {r.__dict__!r}" for r in caplog.records
+    )
+    assert hidden_leaks(logged) == []
+
+
 def test_a_server_message_echoing_the_key_is_redacted(nim_url: str) -> None:
     llm = ChatNemoVLM(
         model=NANO12, base_url=nim_url, api_key=NIM_KEY, max_retries=0,
