@@ -325,6 +325,7 @@ def test_headers_without_a_credential_stay_plain_in_langchain_dumps(nim_url: str
     assert kwargs["base_url"] == nim_url
 
 
+@pytest.mark.filterwarnings("ignore:The function `loads` is in beta")
 def test_a_langchain_model_loads_back_with_its_credentials_given_as_secrets(
     nim_url: str,
 ) -> None:
@@ -346,6 +347,7 @@ def test_a_langchain_model_loads_back_with_its_credentials_given_as_secrets(
     assert "[nemovlm emulator]" in loaded.invoke("hi").text
 
 
+@pytest.mark.filterwarnings("ignore:The function `loads` is in beta")
 def test_a_langchain_model_loaded_without_its_secrets_holds_none_of_them(
     nim_url: str,
 ) -> None:
