@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import ConfigDict
 
 from langchain_nemovlm._base import BaseChatNemo, langchain_aliases
+from nemovlm.secrets import lc_secret_paths
 from nemovlm.settings import NimSettings
 
 
@@ -56,7 +57,7 @@ class ChatNemoVLM(NimSettings, BaseChatNemo):
 
     @property
     def lc_secrets(self) -> dict[str, str]:
-        return {"api_key": "NVIDIA_API_KEY"}
+        return {"api_key": "NVIDIA_API_KEY", **lc_secret_paths(self.default_headers, self.base_url)}
 
     @classmethod
     def get_lc_namespace(cls) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -137,6 +138,9 @@ def _run_emulator(args: argparse.Namespace) -> int:
         f"  from nemovlm.emulator.fal import aim_fal_client; "
         f"aim_fal_client({fal.url!r}, {str(fal.ca_bundle)!r})\n"
     )
+    # SIGTERM (kill, docker stop, a supervisor) ends it as Ctrl-C does, so the exit
+    # handlers run and remove the TLS key material.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         print("Ctrl-C stops it.", flush=True)
         while True:

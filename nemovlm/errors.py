@@ -45,12 +45,17 @@ class RequestError(NemoVLMError):
         status_code: int | None = None,
         request_id: str | None = None,
         model: str | None = None,
+        code: str | int | None = None,
     ) -> None:
         self.status_code = status_code
         self.request_id = request_id
         self.model = model
         self.server_message = message
+        self.code = code
+        """The server's own error code, when it sent one (``error.code`` in its JSON)."""
         bits = [f"status {status_code}" if status_code is not None else None]
+        if code is not None and code != status_code:
+            bits.append(f"code {code}")
         bits.append(f"model {model}" if model else None)
         bits.append(f"request id {request_id}" if request_id else None)
         where = ", ".join(b for b in bits if b)

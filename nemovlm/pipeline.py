@@ -15,6 +15,7 @@ prompt-protocol tool call until it can be parsed, and ``finish`` releases the re
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -43,6 +44,7 @@ from nemovlm.tools import (
     ToolCallAccumulator,
     looks_like_json_reply,
     map_prompt_protocol,
+    process_duplicate_ids,
     process_tool_reply,
     strip_code_fence,
 )
@@ -209,7 +211,10 @@ def _tool_media_turn(media: list[MediaPart]) -> Turn:
 
 def _prepare_turn(turn: Turn, profile: ModelProfile, policy: MediaPolicy) -> PreparedTurn:
     parts: list[PreparedPart] = [
-        prepare_media(p, profile, policy) if isinstance(p, MediaPart) else p for p in turn.parts
+        prepare_media(p, profile, policy)
+        if isinstance(p, MediaPart)
+        else _map_inert_img_tags(p, profile)
+        for p in turn.parts
     ]
     if profile.images_first and turn.role == "user":
         # Stable: media keep their order, text keeps its order, media go first.
@@ -217,6 +222,24 @@ def _prepare_turn(turn: Turn, profile: ModelProfile, policy: MediaPolicy) -> Pre
             p for p in parts if isinstance(p, TextPart)
         ]
     return PreparedTurn(turn.role, parts, list(turn.tool_calls), turn.tool_call_id, turn.name)
+
+
+# ``<img``, ``< IMG``, ``</img``: any spelling a lenient tag reader might accept.
+_IMG_TAG_START = re.compile(r"<(?=\s*/?\s*img\b)", re.IGNORECASE)
+
+
+def _map_inert_img_tags(part: TextPart, profile: ModelProfile) -> TextPart:
+    """Text for a model that reads ``<img src=...>`` inside text (``profile.img_tag``)
+    with every such tag made inert (``&lt;img ...``).
+
+    Such a server fetches whatever a tag names, so a tag inside a tool result, a web
+    page or a document pasted into a message would make it fetch an address nobody
+    chose. Only images given as image parts become tags (``image_transport="img_tag"``,
+    written by the backend after this)."""
+    if not profile.img_tag or "<" not in part.text:
+        return part
+    inert = _IMG_TAG_START.sub("&lt;", part.text)
+    return part if inert == part.text else TextPart(inert)
 
 
 def _check_media_counts(turns: list[PreparedTurn], profile: ModelProfile) -> None:
@@ -354,8 +377,8 @@ def assemble_reply(deltas: Iterable[Delta]) -> Reply:
     reply.text = "".join(text)
     joined = "".join(reasoning).strip()
     reply.reasoning = joined or None
-    reply.tool_calls = streamed_calls + calls
-    reply.invalid_tool_calls = streamed_invalid + invalid
+    reply.tool_calls, duplicates = process_duplicate_ids(streamed_calls + calls)
+    reply.invalid_tool_calls = streamed_invalid + invalid + duplicates
     reply.usage = usage
     reply.logprobs = logprobs
     return reply

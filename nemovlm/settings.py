@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field, PrivateAttr, SecretStr
 from nemovlm.media import MediaPolicy
 from nemovlm.options import ImageTransport, RequestOptions, build_options
 from nemovlm.profiles import Backend, ModelProfile, get_profile
+from nemovlm.secrets import BaseURL, Headers
 
 if TYPE_CHECKING:
     from nemovlm.backends import ChatBackend
@@ -158,17 +159,21 @@ class CommonSettings(BaseModel):
 class NimSettings(CommonSettings):
     """A NIM's (or NVIDIA's hosted API catalog's) settings: the connection and video."""
 
-    base_url: str | None = Field(
+    base_url: BaseURL = Field(
         default=None,
-        description="The NIM's /v1 URL; else NVIDIA_BASE_URL, else NVIDIA's hosted API catalog.",
+        description="The NIM's /v1 URL; else NVIDIA_BASE_URL, else NVIDIA's hosted API catalog. "
+        "A password in it is kept out of repr, dumps and errors.",
     )
     api_key: SecretStr | None = Field(
         default_factory=_secret_from_env("NVIDIA_API_KEY"),
         description="Else NVIDIA_API_KEY; a local NIM needs none.",
     )
     timeout: float | None = Field(default=60.0, description="Seconds per request.")
-    default_headers: dict[str, str] | None = Field(
-        default=None, description="Headers sent with every request."
+    default_headers: Headers = Field(
+        default=None,
+        description="Headers sent with every request; credentials in them (Authorization, "
+        "X-Api-Key, anything named like a key, token or secret) are kept out of repr, "
+        "dumps and errors.",
     )
     http_client: Any = Field(
         default=None,

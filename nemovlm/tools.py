@@ -110,6 +110,22 @@ class ToolCallAccumulator:
         return calls, invalid
 
 
+def process_duplicate_ids(calls: list[ToolCall]) -> tuple[list[ToolCall], list[InvalidToolCall]]:
+    """A call whose id an earlier call of the same reply already has is invalid: a tool
+    result names the call it answers by id, so the two could not be told apart."""
+    seen: set[str] = set()
+    valid: list[ToolCall] = []
+    invalid: list[InvalidToolCall] = []
+    for call in calls:
+        if call.id in seen:
+            error = f"the tool call id {call.id!r} is already used by an earlier call in this reply"
+            invalid.append(InvalidToolCall(call.id, call.name, json.dumps(call.arguments), error))
+        else:
+            seen.add(call.id)
+            valid.append(call)
+    return valid, invalid
+
+
 def normalize_tool_choice(choice: Any, tools: Sequence[ToolSpec]) -> str | None:
     """The frameworks' tool_choice spellings (``"any"``, ``True``, OpenAI dicts) ->
     ``auto | none | required | <name>``; a name must be one of ``tools``."""

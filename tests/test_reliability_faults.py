@@ -11,23 +11,26 @@ Grouped: rate limits and unavailability (retried, then a clear error), broken re
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import dataclasses
 import logging
 import re
 import socket
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 from langchain_core.messages import AIMessageChunk
 from langchain_core.tools import tool
-from llama_index.core.base.llms.types import ChatMessage
+from llama_index.core.base.llms.types import ChatMessage, ImageBlock, TextBlock
 from llama_index.core.tools import FunctionTool
 
 from langchain_nemovlm import ChatNemoFal, ChatNemoVLM
-from llama_index_nemovlm import NemoVLM
+from llama_index_nemovlm import NemoFal, NemoVLM
 from nemovlm.emulator.fal import FalEmulator, use_fal_emulator
 from nemovlm.emulator.nim import BROKEN_TOOL_ARGUMENTS
 from nemovlm.emulator.server import RunningServer
@@ -242,28 +245,58 @@ def free_port() -> int:
 
 
 # --- timeouts: a timeout error naming the setting to raise ----------------------------------
+# The emulator's waits here are endless (``inf``: until the client hangs up), so the
+# client's timeout is the only way these calls can end: no race with a finite wait.
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["invoke", "stream"])
 def test_a_server_that_does_not_answer_in_time_raises_a_timeout_naming_the_setting(
     nim_url: str, stream: bool
 ) -> None:
-    llm, _ = faulty(nim_url, "slow:2", timeout=0.3)
+    llm, _ = faulty(nim_url, "slow:inf", timeout=0.3)
     with pytest.raises(RequestTimeoutError, match=r"timeout=0\.3 s: raise the model's `timeout`"):
         list(llm.stream("hi")) if stream else llm.invoke("hi")
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["invoke", "stream"])
 def test_a_reply_that_goes_quiet_midway_raises_a_timeout(nim_url: str, stream: bool) -> None:
-    llm, _ = faulty(nim_url, "stall:2", timeout=0.3)
+    llm, _ = faulty(nim_url, "stall:inf", timeout=0.3)
     with pytest.raises(RequestTimeoutError, match="`timeout`"):
         list(llm.stream("hi")) if stream else llm.invoke("hi")
 
 
 def test_a_timeout_is_a_builtin_timeout_error_too(nim_url: str) -> None:
-    llm, _ = faulty(nim_url, "slow:2", timeout=0.3)
+    llm, _ = faulty(nim_url, "slow:inf", timeout=0.3)
     with pytest.raises(TimeoutError):
         llm.invoke("hi")
+
+
+# A body that never ends, one space at a time: every read returns well within the
+# timeout, so only a deadline for the whole reply can stop it (the emulator would go on
+# for ten minutes).
+
+
+def test_a_whole_reply_trickling_past_the_timeout_raises_a_timeout(nim_url: str) -> None:
+    llm, _ = faulty(nim_url, "trickle", timeout=0.5)
+    with pytest.raises(RequestTimeoutError, match=r"timeout=0\.5 s.*`timeout`"):
+        llm.invoke("hi")
+
+
+async def test_an_async_whole_reply_trickling_past_the_timeout_raises_a_timeout(
+    nim_url: str,
+) -> None:
+    llm, _ = faulty(nim_url, "trickle", timeout=0.5)
+    with pytest.raises(RequestTimeoutError, match=r"timeout=0\.5 s.*`timeout`"):
+        await llm.ainvoke("hi")
+
+
+def test_a_llama_index_reply_trickling_past_the_timeout_raises_a_timeout(nim_url: str) -> None:
+    llm = NemoVLM(
+        model=NANO12, base_url=nim_url, max_retries=0, timeout=0.5,
+        default_headers={"X-Emulator-Fault": "trickle"},
+    )  # fmt: skip
+    with pytest.raises(RequestTimeoutError):
+        llm.chat([ChatMessage(role="user", content="hi")])
 
 
 # --- replies of the wrong shape: a clear error or invalid_tool_calls, no KeyError ----------
@@ -287,6 +320,86 @@ def test_a_200_with_no_choices_is_an_incomplete_response(
     llm, _ = faulty(nim_url, "no_choices")
     with pytest.raises(IncompleteResponseError, match=match):
         list(llm.stream("hi")) if stream else llm.invoke("hi")
+
+
+# --- replies that look complete but are not --------------------------------------------------
+
+
+def test_a_whole_reply_whose_choice_has_no_message_is_an_incomplete_response(
+    nim_url: str,
+) -> None:
+    llm, _ = faulty(nim_url, "no_message")
+    with pytest.raises(IncompleteResponseError, match="no message"):
+        llm.invoke("hi")
+
+
+@pytest.mark.parametrize(
+    ("stream", "match"),
+    [(False, "has no finish_reason"), (True, "ended before the model finished")],
+    ids=["invoke", "stream"],
+)
+def test_a_reply_without_a_finish_reason_is_an_incomplete_response(
+    nim_url: str, stream: bool, match: str
+) -> None:
+    llm, _ = faulty(nim_url, "no_finish_reason")
+    with pytest.raises(IncompleteResponseError, match=match):
+        list(llm.stream("hi")) if stream else llm.invoke("hi")
+
+
+async def test_an_async_whole_reply_without_a_finish_reason_is_an_incomplete_response(
+    nim_url: str,
+) -> None:
+    llm, _ = faulty(nim_url, "no_finish_reason")
+    with pytest.raises(IncompleteResponseError, match="has no finish_reason"):
+        await llm.ainvoke("hi")
+
+
+def test_a_llama_index_reply_without_a_message_is_an_incomplete_response(nim_url: str) -> None:
+    llm = NemoVLM(
+        model=NANO12, base_url=nim_url, max_retries=0,
+        default_headers={"X-Emulator-Fault": "no_message"},
+    )  # fmt: skip
+    with pytest.raises(IncompleteResponseError):
+        llm.chat([ChatMessage(role="user", content="hi")])
+
+
+def test_an_error_inside_a_stream_is_a_request_error_with_the_servers_message_and_code(
+    nim_url: str,
+) -> None:
+    llm, _ = faulty(nim_url, "error_event")
+    received: list[AIMessageChunk] = []
+    with pytest.raises(RequestError) as info:
+        for chunk in llm.stream("tell me a long story"):
+            received.append(chunk)  # type: ignore[arg-type]
+    error = info.value
+    assert received, "the error should come after some chunks arrived"
+    assert "the engine failed mid-generation" in error.server_message
+    assert (error.code, error.status_code, error.model) == (500, 500, NANO12)
+    assert not isinstance(error.__cause__, RequestError)  # converted once, from the SDK's
+
+
+async def test_an_error_inside_an_async_stream_is_a_request_error(nim_url: str) -> None:
+    llm, _ = faulty(nim_url, "error_event")
+    with pytest.raises(RequestError, match="the engine failed mid-generation"):
+        async for _ in llm.astream("tell me a long story"):
+            pass
+
+
+def test_an_error_inside_a_llama_index_stream_is_a_request_error(nim_url: str) -> None:
+    llm = NemoVLM(
+        model=NANO12, base_url=nim_url, max_retries=0,
+        default_headers={"X-Emulator-Fault": "error_event"},
+    )  # fmt: skip
+    with pytest.raises(RequestError, match="the engine failed mid-generation"):
+        for _ in llm.stream_chat([ChatMessage(role="user", content="a long story")]):
+            pass
+
+
+def test_a_200_carrying_only_an_error_object_is_a_request_error(nim_url: str) -> None:
+    llm, _ = faulty(nim_url, "error_event")
+    with pytest.raises(RequestError, match="the engine failed mid-generation") as info:
+        llm.invoke("hi")
+    assert info.value.code == 500
 
 
 def test_unparseable_tool_arguments_become_invalid_tool_calls(nim_url: str) -> None:
@@ -326,6 +439,74 @@ def test_unparseable_streamed_tool_arguments_become_invalid_tool_calls_in_langch
         message = chunk if message is None else message + chunk
     assert message.tool_calls == []
     assert message.invalid_tool_calls[0]["args"] == BROKEN_TOOL_ARGUMENTS
+
+
+# Duplicate ids and nameless calls: the model's call cannot be answered or run, so it is
+# an invalid tool call, not one an agent would execute.
+
+
+def test_duplicate_tool_call_ids_are_flagged_invalid(nim_url: str) -> None:
+    llm, _ = faulty(nim_url, "duplicate_tool_ids")
+    message = llm.bind_tools([get_weather]).invoke("weather in Paris and Rome?")
+    [call] = message.tool_calls
+    [bad] = message.invalid_tool_calls
+    assert call["args"] == {"city": "Paris"} and bad["id"] == call["id"]
+    assert "already used by an earlier call" in str(bad["error"])
+
+
+def test_duplicate_tool_call_ids_are_flagged_invalid_in_a_llama_index_stream(
+    nim_url: str,
+) -> None:
+    llm = NemoVLM(
+        model=NANO12, base_url=nim_url, max_retries=0,
+        default_headers={"X-Emulator-Fault": "duplicate_tool_ids"},
+    )  # fmt: skip
+    *_, last = llm.stream_chat_with_tools([get_weather_li], user_msg="Paris and Rome?")
+    [selection] = llm.get_tool_calls_from_response(last, error_on_no_tool_call=False)
+    assert selection.tool_kwargs == {"city": "Paris"}
+    [bad] = last.message.additional_kwargs["invalid_tool_calls"]
+    assert "already used" in bad["error"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
+def test_a_tool_call_with_no_name_is_flagged_invalid_in_llama_index(
+    nim_url: str, stream: bool
+) -> None:
+    llm = NemoVLM(
+        model=NANO12, base_url=nim_url, max_retries=0,
+        default_headers={"X-Emulator-Fault": "nameless_tool_call"},
+    )  # fmt: skip
+    if stream:
+        *_, last = llm.stream_chat_with_tools([get_weather_li], user_msg="weather?")
+    else:
+        last = llm.chat_with_tools([get_weather_li], user_msg="weather?")
+    assert llm.get_tool_calls_from_response(last, error_on_no_tool_call=False) == []
+    [bad] = last.message.additional_kwargs["invalid_tool_calls"]
+    assert "no function name" in bad["error"]
+
+
+def test_a_tool_call_with_no_name_is_flagged_invalid_in_langchain(nim_url: str) -> None:
+    llm, _ = faulty(nim_url, "nameless_tool_call")
+    message = llm.bind_tools([get_weather]).invoke("weather?")
+    assert message.tool_calls == []
+    assert "no function name" in str(message.invalid_tool_calls[0]["error"])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="LangChain builds a streamed message's tool_calls from the merged "
+    "tool_call_chunks itself (a missing name becomes ''), and chunks already streamed "
+    "cannot be retracted; whole calls and LlamaIndex streams flag these",
+)
+@pytest.mark.parametrize("fault", ["nameless_tool_call", "duplicate_tool_ids"])
+def test_streamed_nameless_or_duplicate_tool_calls_are_invalid_in_langchain(
+    nim_url: str, fault: str
+) -> None:
+    llm, _ = faulty(nim_url, fault)
+    message: Any = None
+    for chunk in llm.bind_tools([get_weather]).stream("weather?"):
+        message = chunk if message is None else message + chunk
+    assert len(message.invalid_tool_calls) == 1
 
 
 # --- server refusals ------------------------------------------------------------------------
@@ -403,6 +584,106 @@ def test_a_fal_timeout_cancels_the_queued_request(fal_emu: FalEmulator) -> None:
     [record] = fal_emu.state.requests.values()
     assert record.cancelled
     assert record.request_id in str(info.value)
+
+
+def test_a_fal_timeout_before_fal_acknowledged_the_request_claims_no_cancellation(
+    fal_emu: FalEmulator,
+) -> None:
+    # The emulator holds the submission until the client hangs up: nothing is queued.
+    fal_emu.inject_fault("slow_submit")
+
+    async def call() -> None:
+        await fal(timeout=1.2).ainvoke(with_image())
+
+    with pytest.raises(RequestTimeoutError) as info:
+        asyncio.run(call())
+    message = str(info.value)
+    assert "nothing was cancelled" in message and "it was cancelled" not in message
+    assert fal_emu.state.requests == {}
+
+
+def test_a_request_fal_queues_after_a_sync_timeout_is_cancelled_at_once(
+    fal_emu: FalEmulator,
+) -> None:
+    # fal-client's sync subscribe leaves its submission running in a worker thread after
+    # the timeout; the emulator queues it (as a slow request) once its hold is over.
+    saved = fal_emu.state.settings
+    fal_emu.state.settings = dataclasses.replace(saved, submit_hold_seconds=1.5)
+    try:
+        fal_emu.inject_fault("slow_submit")
+        with pytest.raises(RequestTimeoutError):
+            fal(timeout=1.2).invoke(with_image())
+        record = wait_for_request(fal_emu, lambda r: r.cancelled)
+    finally:
+        fal_emu.state.settings = saved
+    assert record.cancelled
+
+
+def wait_for_request(emu: FalEmulator, done: Callable[[Any], bool]) -> Any:
+    """The emulator's one request once ``done(request)`` holds. An event, not a clock:
+    the bound only keeps a broken build from hanging."""
+    for _ in range(6000):
+        records = list(emu.state.requests.values())
+        if records and done(records[0]):
+            return records[0]
+        time.sleep(0.01)
+    pytest.fail("the fal emulator never saw the request reach that state")
+
+
+async def wait_until_polled(emu: FalEmulator) -> None:
+    """Until the client has polled its request once: by then it knows the request id."""
+    for _ in range(6000):
+        if any(r.polls for r in emu.state.requests.values()):
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail("the client never polled its fal request")
+
+
+async def test_cancelling_an_awaiting_fal_call_cancels_the_queued_request(
+    fal_emu: FalEmulator,
+) -> None:
+    fal_emu.inject_fault("slow")
+    task = asyncio.create_task(fal().ainvoke(with_image()))
+    await wait_until_polled(fal_emu)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [record] = fal_emu.state.requests.values()
+    assert record.cancelled
+
+
+async def test_closing_a_fal_stream_midway_cancels_the_queued_request(
+    fal_emu: FalEmulator,
+) -> None:
+    fal_emu.inject_fault("slow")
+
+    async def consume() -> None:
+        async for _ in fal().astream(with_image()):
+            pass
+
+    task = asyncio.create_task(consume())
+    await wait_until_polled(fal_emu)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [record] = fal_emu.state.requests.values()
+    assert record.cancelled
+
+
+async def test_cancelling_a_llama_index_fal_call_cancels_the_queued_request(
+    fal_emu: FalEmulator,
+) -> None:
+    fal_emu.inject_fault("slow")
+    llm = NemoFal(model=DIFFUSION, api_key="emulator-key", poll_interval=0.01)
+    picture = ImageBlock(image=make_image())
+    message = ChatMessage(role="user", blocks=[picture, TextBlock(text="?")])
+    task = asyncio.create_task(llm.achat([message]))
+    await wait_until_polled(fal_emu)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [record] = fal_emu.state.requests.values()
+    assert record.cancelled
 
 
 def test_a_broken_tool_call_from_fal_is_an_invalid_tool_call(fal_emu: FalEmulator) -> None:

@@ -251,3 +251,237 @@ def ask_with_image() -> list[HumanMessage]:
             ]
         )
     ]
+
+
+# --- credentials in places not marked secret: headers and base_url --------------------------
+
+HEADER_TOKEN = f"hdr-{uuid.uuid4().hex}{uuid.uuid4().hex}"
+GATEWAY_KEY = f"gw-{uuid.uuid4().hex}{uuid.uuid4().hex}"
+URL_PASSWORD = f"pw{uuid.uuid4().hex}"
+HIDDEN = (HEADER_TOKEN, GATEWAY_KEY, URL_PASSWORD, NIM_KEY)
+
+
+def hidden_leaks(text: str) -> list[str]:
+    return [s for s in HIDDEN if s in text]
+
+
+def with_credentials(nim_url: str, **extra: str) -> dict[str, str]:
+    """Settings with a token in ``Authorization``, a key in a custom header, a harmless
+    header, and a password in ``base_url``."""
+    return {
+        "model": NANO12,
+        "base_url": nim_url.replace("http://", f"http://gateway-user:{URL_PASSWORD}@"),
+        "api_key": NIM_KEY,
+        "default_headers": {  # type: ignore[dict-item]
+            "Authorization": f"Bearer {HEADER_TOKEN}",
+            "X-Gateway-Key": GATEWAY_KEY,
+            "X-Team": "vision",
+            **extra,
+        },
+    }
+
+
+def credentialed(nim_url: str) -> dict[str, Any]:
+    settings = with_credentials(nim_url)
+    return {"ChatNemoVLM": ChatNemoVLM(**settings), "NemoVLM": NemoVLM(**settings)}  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("rendering", list(RENDERINGS))
+@pytest.mark.parametrize("name", ["ChatNemoVLM", "NemoVLM"])
+def test_credentials_in_headers_and_base_url_are_not_in_any_rendering(
+    nim_url: str, name: str, rendering: str
+) -> None:
+    text = RENDERINGS[rendering](credentialed(nim_url)[name])
+    assert hidden_leaks(text) == []
+
+
+def test_a_harmless_header_and_the_url_without_its_password_still_show(nim_url: str) -> None:
+    shown = repr(credentialed(nim_url)["ChatNemoVLM"])
+    assert "'X-Team': 'vision'" in shown and "gateway-user:**********@127.0.0.1" in shown
+
+
+def test_a_credential_in_the_base_url_query_is_hidden_too(nim_url: str) -> None:
+    model = NemoVLM(model=NANO12, base_url=f"{nim_url}?api_key={GATEWAY_KEY}&region=eu")
+    shown = repr(model) + model.to_json()
+    assert hidden_leaks(shown) == [] and "region=eu" in shown
+
+
+def test_credentials_in_headers_and_base_url_are_secret_references_in_langchain_dumps(
+    nim_url: str,
+) -> None:
+    model = credentialed(nim_url)["ChatNemoVLM"]
+    dumped = dumps(model)
+    assert hidden_leaks(dumped) == []
+    kwargs = json.loads(dumped)["kwargs"]
+    secret = {"lc": 1, "type": "secret"}
+    assert kwargs["default_headers"] == {**secret, "id": ["NEMOVLM_DEFAULT_HEADERS"]}
+    assert kwargs["base_url"] == {**secret, "id": ["NVIDIA_BASE_URL"]}
+
+
+def test_headers_without_a_credential_stay_plain_in_langchain_dumps(nim_url: str) -> None:
+    model = ChatNemoVLM(model=NANO12, base_url=nim_url, default_headers={"X-Team": "vision"})
+    kwargs = json.loads(dumps(model))["kwargs"]
+    assert kwargs["default_headers"] == {"X-Team": "vision"}
+    assert kwargs["base_url"] == nim_url
+
+
+@pytest.mark.filterwarnings("ignore:The function `loads` is in beta")
+def test_a_langchain_model_loads_back_with_its_credentials_given_as_secrets(
+    nim_url: str,
+) -> None:
+    from langchain_core.load import loads
+
+    model = credentialed(nim_url)["ChatNemoVLM"]
+    secrets = {
+        "NVIDIA_API_KEY": NIM_KEY,
+        "NVIDIA_BASE_URL": str(model.base_url),
+        # The headers as JSON text (secrets_map holds strings), or as a dict.
+        "NEMOVLM_DEFAULT_HEADERS": json.dumps(dict(model.default_headers or {})),
+    }
+    loaded = loads(
+        dumps(model), secrets_map=secrets,
+        valid_namespaces=["langchain_nemovlm"], allowed_objects=[ChatNemoVLM],  # type: ignore[arg-type]
+    )  # fmt: skip
+    assert loaded.default_headers == model.default_headers
+    assert loaded.base_url == model.base_url
+    assert "[nemovlm emulator]" in loaded.invoke("hi").text
+
+
+@pytest.mark.filterwarnings("ignore:The function `loads` is in beta")
+def test_a_langchain_model_loaded_without_its_secrets_holds_none_of_them(
+    nim_url: str,
+) -> None:
+    from langchain_core.load import loads
+
+    dumped = dumps(credentialed(nim_url)["ChatNemoVLM"])
+    loaded = loads(
+        dumped,
+        valid_namespaces=["langchain_nemovlm"],
+        allowed_objects=[ChatNemoVLM],  # type: ignore[arg-type]
+    )
+    # As with api_key: what was not given back is read from the environment or unset.
+    assert (loaded.default_headers, loaded.base_url) == (None, None)
+
+
+def test_credentials_in_headers_are_not_in_what_langchain_callbacks_receive(
+    nim_url: str,
+) -> None:
+    recorder = Recorder()
+    credentialed(nim_url)["ChatNemoVLM"].invoke("hi", config={"callbacks": [recorder]})
+    assert len(recorder.seen) == 2
+    assert hidden_leaks("\n".join(recorder.seen)) == []
+
+
+@pytest.mark.parametrize("dump", ["to_dict", "to_json"])
+def test_credentials_in_headers_and_base_url_are_redacted_in_llama_index_dumps(
+    nim_url: str, dump: str
+) -> None:
+    model = credentialed(nim_url)["NemoVLM"]
+    text = repr(model.to_dict()) if dump == "to_dict" else model.to_json()
+    assert hidden_leaks(text) == []
+    assert "X-Gateway-Key" in text and "**********" in text
+
+
+def test_a_llama_index_model_rebuilt_from_a_dump_asks_for_the_header_again(
+    nim_url: str,
+) -> None:
+    dumped = credentialed(nim_url)["NemoVLM"].to_dict()
+    with pytest.raises(ValueError, match=r"default_headers\['Authorization'\].*pass the header"):
+        NemoVLM.from_dict(dumped)
+
+
+def test_credentials_in_headers_are_not_in_debug_logs_of_whole_calls(
+    nim_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = {**with_credentials(nim_url), "base_url": nim_url}
+    with caplog.at_level(logging.DEBUG):
+        ChatNemoVLM(**settings).invoke("hi")  # type: ignore[arg-type]
+        list(ChatNemoVLM(**settings).stream("hi"))  # type: ignore[arg-type]
+        NemoVLM(**settings).chat([ChatMessage(role="user", content="hi")])  # type: ignore[arg-type]
+    assert len(caplog.records) > 10  # the libraries did log at DEBUG
+    logged = "\n".join(
+        f"{r.name} {r.getMessage()} {r.args!r} {r.__dict__!r}" for r in caplog.records
+    )
+    assert hidden_leaks(logged) == []
+
+
+def test_a_server_message_echoing_the_key_is_redacted(nim_url: str) -> None:
+    llm = ChatNemoVLM(
+        model=NANO12, base_url=nim_url, api_key=NIM_KEY, max_retries=0,
+        default_headers={"X-Emulator-Fault": "echo_key"},
+    )  # fmt: skip
+    with pytest.raises(RequestError) as info:
+        llm.invoke("hi")
+    error = info.value
+    assert error.status_code == 401
+    assert "the credential 'Bearer **********' was refused" in str(error)
+    assert leaks(everything_about(error)) == []
+
+
+def test_a_server_message_echoing_a_header_token_is_redacted(nim_url: str) -> None:
+    settings = with_credentials(nim_url, **{"X-Emulator-Fault": "echo_key"})
+    settings["base_url"] = nim_url  # basic auth from a URL would replace the header
+    with pytest.raises(RequestError) as info:
+        NemoVLM(**settings, max_retries=0).chat(  # type: ignore[arg-type]
+            [ChatMessage(role="user", content="hi")]
+        )
+    assert "**********" in str(info.value)
+    assert hidden_leaks(everything_about(info.value)) == []
+
+
+def test_a_password_in_base_url_is_not_in_an_error_about_reaching_it() -> None:
+    llm = ChatNemoVLM(
+        model=NANO12, base_url=f"http://user:{URL_PASSWORD}@127.0.0.1:9/v1", max_retries=0
+    )
+    with pytest.raises(RequestError) as info:
+        llm.invoke("hi")
+    assert hidden_leaks(everything_about(info.value)) == []
+
+
+def test_credentials_in_headers_are_really_sent(nim_url: str) -> None:
+    # The emulator keeps custom headers in its log (it drops only Authorization).
+    import httpx
+
+    base = nim_url.removesuffix("/v1")
+    httpx.delete(f"{base}/emulator/requests")
+    ChatNemoVLM(**{**with_credentials(nim_url), "base_url": nim_url}).invoke("hi")  # type: ignore[arg-type]
+    [record] = httpx.get(f"{base}/emulator/requests").json()
+    assert record["headers"]["x-gateway-key"] == GATEWAY_KEY
+
+
+# --- the emulator's TLS key material ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_the_emulator_command_removes_its_tls_key_material_when_stopped(stop: str) -> None:
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nemovlm.cli", "emulator", "--port", "0", "--fal-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        bundle = None
+        for line in proc.stdout:
+            if found := re.match(r"\s*export SSL_CERT_FILE=(\S+)", line):
+                bundle = Path(found.group(1))
+            if line.startswith("Ctrl-C stops it."):
+                break
+        assert bundle is not None
+        workdir = bundle.parent
+        assert (workdir / "server.key").is_file()
+        proc.send_signal(getattr(signal, stop))
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert not workdir.exists()

@@ -23,10 +23,12 @@ routes it to callbacks).
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import math
 import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -54,6 +56,7 @@ from nemovlm.messages import Delta, Reply, Turn, Usage
 from nemovlm.options import RequestOptions
 from nemovlm.pipeline import PreparedConversation, PreparedTurn, aprepare, assemble_reply, prepare
 from nemovlm.profiles import ModelProfile, StepSchedule
+from nemovlm.secrets import scrub_exception, secret_values
 
 logger = logging.getLogger(__name__)
 
@@ -166,12 +169,29 @@ class _QueueTracker:
     model: str
     callback: ProgressCallback | None
     request_id: str | None = None
+    cancel: Callable[[str], object] | None = None
+    """Cancels a request on fal's queue; set for sync calls, whose submission runs on in
+    fal-client's worker thread after a timeout."""
     _last: tuple[str, int | None] | None = None
     _logs_seen: int = 0
+    _abandoned: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def on_enqueue(self, request_id: str) -> None:
-        self.request_id = request_id
+        with self._lock:
+            self.request_id = request_id
+            late = self._abandoned
         logger.info("fal %s request %s submitted", self.model, request_id)
+        if late and self.cancel is not None:
+            # Queued after the caller gave up: nobody will collect it, so stop it now.
+            _cancel_quietly(self.cancel, request_id, self.model)
+
+    def abandon(self) -> str | None:
+        """The caller stopped waiting; the id of the request queued so far, if any.
+        One queued later is cancelled by ``on_enqueue``."""
+        with self._lock:
+            self._abandoned = True
+            return self.request_id
 
     def on_update(self, status: fal_client.Status) -> None:
         outcome = self.aon_update(status)
@@ -298,19 +318,31 @@ class FalBackend:
     def _complete(self, turns: Sequence[Turn], options: RequestOptions, *, stream: bool) -> Reply:
         prepared = prepare(turns, options, self.profile, self.policy, stream=stream)
         arguments, upload = self._map_arguments(prepared, options)
-        tracker = _QueueTracker(self.profile.model, _PROGRESS.get())
-        with _converted_errors(self.profile.model, self.timeout, tracker):
+        model = self.profile.model
+        client = self.client
+
+        def cancel(request_id: str) -> None:
+            client.cancel(model, request_id)
+
+        tracker = _QueueTracker(model, _PROGRESS.get(), cancel=cancel)
+        with _converted_errors(model, self.timeout, tracker, self._secrets):
             if upload is not None:
                 arguments[upload.field_name] = self._upload(upload)
-            result = self.client.subscribe(
-                self.profile.model,
-                arguments,
-                with_logs=True,
-                interval=self.poll_interval,
-                on_enqueue=tracker.on_enqueue,
-                on_queue_update=tracker.on_update,
-                client_timeout=self.timeout,
-            )
+            try:
+                result = client.subscribe(
+                    model,
+                    arguments,
+                    with_logs=True,
+                    interval=self.poll_interval,
+                    on_enqueue=tracker.on_enqueue,
+                    on_queue_update=tracker.on_update,
+                    client_timeout=self.timeout,
+                )
+            except KeyboardInterrupt:
+                # The caller stopped waiting: the queued request would run (and cost) on.
+                if (request_id := tracker.abandon()) is not None:
+                    _cancel_quietly(cancel, request_id, model)
+                raise
         return self._process_whole(result, prepared, options, arguments, tracker)
 
     async def _acomplete(
@@ -319,19 +351,32 @@ class FalBackend:
         prepared = await aprepare(turns, options, self.profile, self.policy, stream=stream)
         arguments, upload = self._map_arguments(prepared, options)
         tracker = _QueueTracker(self.profile.model, _PROGRESS.get())
-        with _converted_errors(self.profile.model, self.timeout, tracker):
+        client = self.async_client
+        with _converted_errors(self.profile.model, self.timeout, tracker, self._secrets):
             if upload is not None:
                 arguments[upload.field_name] = await self._aupload(upload)
-            result = await self.async_client.subscribe(
-                self.profile.model,
-                arguments,
-                with_logs=True,
-                interval=self.poll_interval,
-                on_enqueue=tracker.on_enqueue,
-                on_queue_update=tracker.aon_update,
-                client_timeout=self.timeout,
-            )
+            try:
+                result = await client.subscribe(
+                    self.profile.model,
+                    arguments,
+                    with_logs=True,
+                    interval=self.poll_interval,
+                    on_enqueue=tracker.on_enqueue,
+                    on_queue_update=tracker.aon_update,
+                    client_timeout=self.timeout,
+                )
+            except asyncio.CancelledError:
+                # The awaiting task was cancelled (or the stream it fed was closed):
+                # cancel the queued request too, or it runs (and costs) on. Shielded, so
+                # a second cancellation does not stop the cancel request half-way.
+                if (request_id := tracker.abandon()) is not None:
+                    await _acancel_quietly(client, self.profile.model, request_id)
+                raise
         return self._process_whole(result, prepared, options, arguments, tracker)
+
+    @property
+    def _secrets(self) -> tuple[str, ...]:
+        return secret_values(api_key=self.api_key)
 
     def _upload(self, upload: _Upload) -> str:
         if upload.path is not None:
@@ -569,18 +614,54 @@ def _reply_as_delta(reply: Reply) -> Delta:
 # --- errors ---------------------------------------------------------------------------------
 
 
+def _cancel_quietly(cancel: Callable[[str], object], request_id: str, model: str) -> None:
+    try:
+        cancel(request_id)
+    except Exception as exc:  # best effort: the caller's own error matters more
+        logger.warning("fal %s request %s could not be cancelled: %s", model, request_id, exc)
+
+
+async def _acancel_quietly(client: fal_client.AsyncClient, model: str, request_id: str) -> None:
+    try:
+        await asyncio.shield(client.cancel(model, request_id))
+    except Exception as exc:
+        logger.warning("fal %s request %s could not be cancelled: %s", model, request_id, exc)
+
+
 @contextmanager
 @openai_classes
-def _converted_errors(model: str, timeout: float | None, tracker: _QueueTracker) -> Iterator[None]:
-    """fal-client and transport errors -> ``nemovlm.errors``, keeping status, id, message."""
+def _converted_errors(
+    model: str, timeout: float | None, tracker: _QueueTracker, secrets: tuple[str, ...] = ()
+) -> Iterator[None]:
+    """fal-client and transport errors -> ``nemovlm.errors``, keeping status, id, message,
+    with the key taken out (a server may echo it)."""
+    try:
+        with _converted(model, timeout, tracker):
+            yield
+    except BaseException as exc:
+        scrub_exception(exc, secrets)
+        raise
+
+
+@contextmanager
+def _converted(model: str, timeout: float | None, tracker: _QueueTracker) -> Iterator[None]:
     try:
         yield
     except fal_client.FalClientTimeoutError as exc:
-        request_id = exc.request_id or tracker.request_id
+        queued = tracker.abandon()
+        if exc.request_id is None and queued is not None and tracker.cancel is not None:
+            # Queued just as fal-client gave up, too late for its own cancel.
+            _cancel_quietly(tracker.cancel, queued, model)
+        request_id = exc.request_id or queued
+        if request_id is not None:
+            what = f"request id {request_id}; it was cancelled on fal's queue"
+        else:
+            what = "fal had not acknowledged the request yet, so nothing was cancelled"
+            if tracker.cancel is not None:
+                what += "; if fal queues it after all, it is cancelled as soon as fal says so"
         raise RequestTimeoutError(
-            f"{model} on fal did not finish within timeout={timeout} s (request id "
-            f"{request_id}; it was cancelled on fal's queue): raise the model's `timeout` "
-            "setting, or set it to None to wait as long as it takes."
+            f"{model} on fal did not finish within timeout={timeout} s ({what}): raise "
+            "the model's `timeout` setting, or set it to None to wait as long as it takes."
         ) from exc
     except fal_client.FalClientHTTPError as exc:
         headers = {k.lower(): v for k, v in exc.response_headers.items()}

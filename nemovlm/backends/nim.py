@@ -24,6 +24,7 @@ import functools
 import importlib
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -54,6 +55,7 @@ from nemovlm.pipeline import (
     prepare,
 )
 from nemovlm.profiles import ModelProfile
+from nemovlm.secrets import SecretHeaders, SecretURL, scrub_exception, secret_values
 from nemovlm.tools import map_tool, map_tool_choice
 
 if TYPE_CHECKING:
@@ -76,6 +78,12 @@ class ServedModel:
     """The context length the server allows, when it says (vLLM-based NIMs do)."""
     known: bool = False
     """nemovlm has a profile for this id (its wire rules are applied)."""
+
+
+# The SDK's own switch (``X-Stainless-Raw-Response: stream``, as its
+# ``with_streaming_response`` sends) to hand back the response before reading the body,
+# so a non-streamed body is read here, against the call's deadline.
+_UNREAD_BODY: Any = {"headers": {"X-Stainless-Raw-Response": "stream"}}
 
 
 def resolve_base_url(base_url: str | None) -> str:
@@ -112,6 +120,8 @@ class NIMBackend:
     base_url: str
     api_key: SecretStr | None = None
     timeout: float | None = 60.0
+    """Seconds. A whole reply: a deadline from the call to its last byte. A stream: the
+    longest wait for the connection, the first chunk, or the next chunk."""
     max_retries: int = 2
     default_headers: dict[str, str] | None = None
     # The HTTP client type follows the installed ``openai`` SDK (httpx, or httpx2 in 3.x).
@@ -135,6 +145,19 @@ class NIMBackend:
         ``NVIDIA_BASE_URL`` / ``NVIDIA_API_KEY``, then the hosted catalog)."""
         url = resolve_base_url(base_url)
         return cls(profile, url, resolve_api_key(api_key, url), **settings)
+
+    def __post_init__(self) -> None:
+        # Credentials in the URL or the headers stay out of this backend's repr.
+        self.base_url = SecretURL(self.base_url)
+        if self.default_headers is not None:
+            self.default_headers = SecretHeaders(self.default_headers)
+
+    @property
+    def _secrets(self) -> tuple[str, ...]:
+        """Every credential this backend sends, to be kept out of its errors."""
+        return secret_values(
+            api_key=self.api_key, headers=self.default_headers, base_url=self.base_url
+        )
 
     # --- clients ----------------------------------------------------------------
 
@@ -189,22 +212,46 @@ class NIMBackend:
     def complete(self, turns: Sequence[Turn], options: RequestOptions) -> Reply:
         prepared = prepare(turns, options, self.profile, self.policy)
         request = self._map_request(prepared, options, stream=False)
-        with _converted_errors(self.profile.model, self.timeout):
-            completion = self.client.post(_PATH, body=request, cast_to=object)
+        body = _Body.starting(self.timeout)
+        # Held until the body is read: a client dropped by a racing first use elsewhere
+        # would close its pool, and this response's socket with it.
+        client = self.client
+        with _converted_errors(self.profile.model, self.timeout, secrets=self._secrets):
+            response = client.post(
+                _PATH, body=request, cast_to=httpx.Response, options=_UNREAD_BODY
+            )
+            try:
+                body.begin()
+                for piece in response.iter_bytes():
+                    body.add(piece)
+            finally:
+                response.close()
+            completion = body.json()
         return self._process_whole(completion, prepared)
 
     async def acomplete(self, turns: Sequence[Turn], options: RequestOptions) -> Reply:
         prepared = await aprepare(turns, options, self.profile, self.policy)
         request = self._map_request(prepared, options, stream=False)
-        with _converted_errors(self.profile.model, self.timeout):
-            completion = await self.async_client.post(_PATH, body=request, cast_to=object)
+        body = _Body.starting(self.timeout)
+        client = self.async_client
+        with _converted_errors(self.profile.model, self.timeout, secrets=self._secrets):
+            response = await client.post(
+                _PATH, body=request, cast_to=httpx.Response, options=_UNREAD_BODY
+            )
+            try:
+                body.begin()
+                async for piece in response.aiter_bytes():
+                    body.add(piece)
+            finally:
+                await response.aclose()
+            completion = body.json()
         return self._process_whole(completion, prepared)
 
     def stream(self, turns: Sequence[Turn], options: RequestOptions) -> Iterator[Delta]:
         prepared = prepare(turns, options, self.profile, self.policy, stream=True)
         request = self._map_request(prepared, options, stream=True)
         state = _StreamProgress()
-        with _converted_errors(self.profile.model, self.timeout, state):
+        with _converted_errors(self.profile.model, self.timeout, state, self._secrets):
             chunks = self.client.post(
                 _PATH, body=request, cast_to=object, stream=True, stream_cls=_stream_classes()[0]
             )
@@ -220,7 +267,7 @@ class NIMBackend:
         prepared = await aprepare(turns, options, self.profile, self.policy, stream=True)
         request = self._map_request(prepared, options, stream=True)
         state = _StreamProgress()
-        with _converted_errors(self.profile.model, self.timeout, state):
+        with _converted_errors(self.profile.model, self.timeout, state, self._secrets):
             achunks = await self.async_client.post(
                 _PATH, body=request, cast_to=object, stream=True, stream_cls=_stream_classes()[1]
             )
@@ -245,12 +292,12 @@ class NIMBackend:
     def available_models(self) -> list[ServedModel]:
         """The models the server serves (its ``/v1/models``); the key goes only to
         ``base_url``'s host, as for every call."""
-        with _converted_errors(self.profile.model, self.timeout):
+        with _converted_errors(self.profile.model, self.timeout, secrets=self._secrets):
             listing = self.client.get(_MODELS_PATH, cast_to=object)
         return _process_models(listing)
 
     async def aavailable_models(self) -> list[ServedModel]:
-        with _converted_errors(self.profile.model, self.timeout):
+        with _converted_errors(self.profile.model, self.timeout, secrets=self._secrets):
             listing = await self.async_client.get(_MODELS_PATH, cast_to=object)
         return _process_models(listing)
 
@@ -441,6 +488,9 @@ def _choice_count(completion: Any) -> int:
 
 def _process_completion(completion: Any, model: str, index: int = 0) -> Delta:
     """Choice ``index`` of a whole completion as one raw ``Delta``."""
+    if isinstance(completion, Mapping) and completion.get("error"):
+        # Some proxies answer 200 with the error object a failed request would carry.
+        raise _process_error(completion["error"], model)
     choices = completion.get("choices") if isinstance(completion, Mapping) else None
     if not choices:
         raise IncompleteResponseError(
@@ -448,7 +498,19 @@ def _process_completion(completion: Any, model: str, index: int = 0) -> Delta:
         )
     with _shape_checked(model):
         choice = choices[index]
-        message = choice.get("message") or {}
+        message = choice.get("message")
+        # Every whole reply says why it ended; without that (or without a message) it
+        # may have been cut short, and an empty answer must not pass as the model's.
+        if not isinstance(message, Mapping):
+            raise IncompleteResponseError(
+                f"The server answered 200 but its choice has no message (model {model}): "
+                "the answer is missing. Retry the request."
+            )
+        if not choice.get("finish_reason"):
+            raise IncompleteResponseError(
+                f"The server's reply for {model} has no finish_reason: it may be cut short, "
+                "so it is not returned as a whole answer. Retry the request."
+            )
         chunks = [
             ToolCallChunk(
                 i,
@@ -471,6 +533,9 @@ def _process_completion(completion: Any, model: str, index: int = 0) -> Delta:
 
 
 def _process_chunk(chunk: Any, model: str = "") -> Delta:
+    if isinstance(chunk, Mapping) and chunk.get("error"):
+        # vLLM-based servers report a failure mid-stream as ``data: {"error": {...}}``.
+        raise _process_error(chunk["error"], model)
     with _shape_checked(model):
         out = Delta(
             usage=_process_usage(chunk.get("usage")),
@@ -526,6 +591,18 @@ def _process_models(listing: Any) -> list[ServedModel]:
     return models
 
 
+def _process_error(error: Any, model: str) -> RequestError:
+    """The server's error object (``{"message", "type", "code"}``) as our error."""
+    message = error.get("message") if isinstance(error, Mapping) else error
+    code = error.get("code") if isinstance(error, Mapping) else None
+    if not isinstance(code, (int, str)) or isinstance(code, bool):
+        code = None
+    status = code if isinstance(code, int) and 400 <= code < 600 else None
+    cls = RateLimitError if status == 429 else RequestError
+    text = message if isinstance(message, str) and message else "no message"
+    return cls(f"The server reported an error: {text}", status_code=status, model=model, code=code)
+
+
 @contextmanager
 def _shape_checked(model: str) -> Iterator[None]:
     """A reply whose JSON is not shaped like a chat completion fails as incomplete."""
@@ -559,6 +636,42 @@ class _StreamProgress:
         return processor.finish()
 
 
+class _DeadlinePassed(Exception):
+    """A non-streamed body was still arriving when the call's time was up."""
+
+
+@dataclass
+class _Body:
+    """A non-streamed reply's bytes, collected against the call's deadline: the SDK's
+    ``timeout`` bounds each wait, so a server sending a byte now and then could
+    otherwise hold the call for as long as it liked."""
+
+    timeout: float | None
+    started: float
+    deadline: float | None = None
+    pieces: list[bytes] = field(default_factory=list)
+
+    @classmethod
+    def starting(cls, timeout: float | None) -> _Body:
+        return cls(timeout, time.monotonic())
+
+    def begin(self) -> None:
+        """The headers are in. The deadline counts from the call; if the SDK's retries
+        (429, 503) already used it up, the answering attempt gets a whole ``timeout``."""
+        if self.timeout is not None:
+            now = time.monotonic()
+            start = self.started if now <= self.started + self.timeout else now
+            self.deadline = start + self.timeout
+
+    def add(self, piece: bytes) -> None:
+        self.pieces.append(piece)
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise _DeadlinePassed
+
+    def json(self) -> Any:
+        return json.loads(b"".join(self.pieces))
+
+
 @functools.cache
 def _stream_classes() -> tuple[Any, Any]:
     """The SDK's stream classes yielding chunks as plain dicts: the SDK's chunk models
@@ -589,9 +702,23 @@ _HTTP_TIMEOUTS = ("TimeoutException",)
 @contextmanager
 @openai_classes
 def _converted_errors(
-    model: str, timeout: float | None, stream: _StreamProgress | None = None
+    model: str,
+    timeout: float | None,
+    stream: _StreamProgress | None = None,
+    secrets: tuple[str, ...] = (),
 ) -> Iterator[None]:
-    """SDK and transport errors -> ``nemovlm.errors``, keeping status, id and message."""
+    """SDK and transport errors -> ``nemovlm.errors``, keeping status, id and message,
+    with every credential the backend holds taken out (a server may echo the key)."""
+    try:
+        with _converted(model, timeout, stream):
+            yield
+    except BaseException as exc:
+        scrub_exception(exc, secrets)
+        raise
+
+
+@contextmanager
+def _converted(model: str, timeout: float | None, stream: _StreamProgress | None) -> Iterator[None]:
     import openai
 
     try:
@@ -599,6 +726,12 @@ def _converted_errors(
     except openai.APITimeoutError as exc:
         raise RequestTimeoutError(
             f"{model} did not answer within timeout={timeout} s: raise the model's `timeout` "
+            "setting, or check the server."
+        ) from exc
+    except _DeadlinePassed as exc:
+        raise RequestTimeoutError(
+            f"{model} was still sending its reply when timeout={timeout} s had passed: the "
+            "timeout bounds a whole (non-streamed) reply. Raise the model's `timeout` "
             "setting, or check the server."
         ) from exc
     except openai.APIStatusError as exc:
@@ -628,17 +761,20 @@ def _converted_errors(
         raise IncompleteResponseError(
             f"The server's reply for {model} did not have the expected shape: {exc}"
         ) from exc
+    except openai.APIError as exc:
+        # The SDK raises its base error for an error object inside a stream.
+        raise _process_error(exc.body if exc.body is not None else exc.message, model) from exc
     except _http_errors(*_BROKEN_CONNECTION) as exc:
         raise IncompleteResponseError(
-            f"The connection to the server broke mid-reply ({model}): {exc}. "
-            "The answer is incomplete; retry the request."
+            f"The reply from {model} broke off before it was complete ({exc}): "
+            "the answer is incomplete. Retry the request."
         ) from exc
     except _http_errors(*_HTTP_TIMEOUTS) as exc:
         raise RequestTimeoutError(
             f"{model} went quiet for longer than timeout={timeout} s mid-reply: raise the "
             "model's `timeout` setting, or check the server."
         ) from exc
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise IncompleteResponseError(
             f"The server's reply for {model} was not valid JSON: {exc}"
         ) from exc

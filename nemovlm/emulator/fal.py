@@ -40,11 +40,15 @@ replies synthesised from the schemas.
 Faults, for tests: ``FalEmulator.inject_fault(kind)`` (the next request) or the
 marker ``[emulator-fault:KIND]`` anywhere in the prompt. ``failed``: the result is a
 500; ``422``: the result is a validation error; ``slow``: the request stays
-IN_PROGRESS for ``FalEmulatorSettings.slow_seconds`` (to test cancellation);
+IN_PROGRESS for ``FalEmulatorSettings.slow_seconds`` (default: until cancelled; to
+test timeouts and cancellation);
 ``bad_json``: the output is a tool call cut off mid-JSON (``BROKEN_TOOL_CALL``);
 ``429``: the submission itself is refused with 429 and ``Retry-After`` (injected only,
 never by marker, since every retry would carry the marker again; counted in
-``FalEmulatorState.rate_limited``).
+``FalEmulatorState.rate_limited``); ``slow_submit`` (injected only): the submission is
+held until the client hangs up - then nothing is queued - or for
+``FalEmulatorSettings.submit_hold_seconds``, after which it is queued as a ``slow``
+request (to test a timeout that strikes before fal has acknowledged the request).
 """
 
 from __future__ import annotations
@@ -81,8 +85,8 @@ from starlette.routing import Route
 from nemovlm.emulator.schema import Hint, hint_from_text, synthesize
 from nemovlm.emulator.server import RunningServer
 
-FaultKind = Literal["failed", "422", "slow", "bad_json", "429"]
-FAULT_KINDS: tuple[FaultKind, ...] = ("failed", "422", "slow", "bad_json", "429")
+FaultKind = Literal["failed", "422", "slow", "bad_json", "429", "slow_submit"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("failed", "422", "slow", "bad_json", "429", "slow_submit")
 BROKEN_TOOL_CALL = '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Par'
 EMULATOR_TAG = "[nemovlm emulator]"
 
@@ -106,8 +110,11 @@ class FalEmulatorSettings:
     think_tags: Literal["full", "close_only"] = "full"
     """How Omni's think-mode output marks the reasoning: ``<think>...</think>`` or, as
     some deployments do, only the closing tag."""
-    slow_seconds: float = 30.0
-    """How long a ``slow`` request stays IN_PROGRESS unless cancelled."""
+    slow_seconds: float = math.inf
+    """How long a ``slow`` request stays IN_PROGRESS unless cancelled (default: until
+    cancelled, so a test of a timeout or a cancellation cannot race it)."""
+    submit_hold_seconds: float = 30.0
+    """How long a ``slow_submit`` submission is held while the client stays connected."""
     api_keys: frozenset[str] | None = None
     """Keys accepted; ``None`` (default): any non-blank key."""
 
@@ -567,6 +574,10 @@ async def submit(request: Request) -> Response:
     fault = _fault_for(arguments, state)
     if fault == "429":
         return _rate_limited(state)
+    if fault == "slow_submit":
+        if await _hung_up_within(request, state.settings.submit_hold_seconds):
+            return Response(status_code=499)  # nobody is listening; nothing was queued
+        fault = "slow"
     record = _QueuedRequest(
         request_id=str(uuid.uuid4()),
         app=app,
@@ -582,6 +593,21 @@ async def submit(request: Request) -> Response:
         "queue_position": 0,
     }
     return JSONResponse(body, headers={"x-fal-request-id": record.request_id})
+
+
+async def _hung_up_within(request: Request, seconds: float) -> bool:
+    """Whether the client disconnects within ``seconds`` (its body is read already, so
+    the next ASGI message is the disconnect)."""
+
+    async def hang_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    try:
+        await asyncio.wait_for(hang_up(), None if math.isinf(seconds) else seconds)
+    except asyncio.TimeoutError:
+        return False
+    return True
 
 
 def _rate_limited(state: FalEmulatorState) -> Response:
@@ -711,7 +737,8 @@ async def run(request: Request) -> Response:
     if fault == "429":
         return _rate_limited(state)
     if fault == "slow":
-        await asyncio.sleep(state.settings.slow_seconds)
+        if await _hung_up_within(request, state.settings.slow_seconds):
+            return Response(status_code=499)  # the caller gave up; nothing ran
         fault = None
     record = _QueuedRequest(str(uuid.uuid4()), app, _queue_app(app), arguments, fault)
     record.started_at = time.monotonic()

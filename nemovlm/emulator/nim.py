@@ -174,11 +174,35 @@ _STATUS_FAULTS = {
     "429": (429, "RateLimitError", "rate limited"),
     "503": (503, "ServiceUnavailableError", "service unavailable"),
     "500": (500, "InternalServerError", "internal server error"),
+    # A 401 whose message quotes the credential it refused, as some gateways do.
+    "echo_key": (401, "AuthenticationError", "invalid credential"),
 }
-_CONTENT_FAULTS = ("break_stream", "malformed_json", "no_choices", "bad_tool_args")
+_CONTENT_FAULTS = (
+    "break_stream",
+    "malformed_json",
+    "no_choices",
+    "bad_tool_args",
+    # Two tool calls sharing one id; a tool call whose function has no name.
+    "duplicate_tool_ids",
+    "nameless_tool_call",
+    # A whole reply whose choice lacks its message, or its finish_reason (streamed: the
+    # last chunk's finish_reason stays null).
+    "no_message",
+    "no_finish_reason",
+    # A stream that fails mid-way with vLLM's ``data: {"error": {...}}``; a whole reply
+    # that is a 200 carrying only that error object (as some proxies send).
+    "error_event",
+    # A whole reply whose body never ends: the JSON opens, then a space every
+    # _TRICKLE_SECONDS until the client hangs up (each read returns, so only a
+    # deadline for the whole body stops it).
+    "trickle",
+)
 # slow: wait before answering; stall: go quiet mid-reply (after a few chunks, or half
-# the body), as a server that hangs while generating does.
+# the body), as a server that hangs while generating does. ``inf`` waits until the
+# client hangs up, so a test of a client timeout does not race a finite wait.
 _TIMED_FAULTS = ("slow", "stall")
+_TRICKLE_SECONDS = 0.02
+_TRICKLE_LIMIT_SECONDS = 600.0
 BROKEN_TOOL_ARGUMENTS = '{"city": "Par'
 _CHUNKS_BEFORE_BREAK = 3
 
@@ -391,7 +415,7 @@ async def _chat_completions(request: Request) -> Response:
     try:
         fault = _process_fault(request)
         if fault is not None and fault.name == "slow":
-            await asyncio.sleep(fault.seconds)
+            await _wait_unless_disconnected(request, fault.seconds)
         elif fault is not None and fault.name in _STATUS_FAULTS:
             return _map_status_fault(request, fault.name)
         if not isinstance(body, dict):
@@ -462,10 +486,28 @@ def _process_fault(request: Request) -> _Fault | None:
 
 def _map_status_fault(request: Request, name: str) -> Response:
     status, kind, what = _STATUS_FAULTS[name]
-    response = _error(status, f"Emulated fault {name} ({what}), from X-Emulator-Fault.", kind)
+    message = f"Emulated fault {name} ({what}), from X-Emulator-Fault."
+    if name == "echo_key":
+        sent = request.headers.get("authorization", "(none)")
+        message = f"Emulated fault echo_key: the credential {sent!r} was refused."
+    response = _error(status, message, kind)
     if status in (429, 503):
         response.headers["retry-after"] = request.headers.get("x-emulator-retry-after", "0")
     return response
+
+
+async def _wait_unless_disconnected(request: Request, seconds: float) -> None:
+    """Sleep ``seconds`` (``inf``: forever), ending early when the client hangs up."""
+
+    async def disconnected() -> None:
+        # The body is read, so the next message is the disconnect.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    try:
+        await asyncio.wait_for(disconnected(), None if math.isinf(seconds) else seconds)
+    except asyncio.TimeoutError:
+        pass
 
 
 # --- request in ----------------------------------------------------------------------
@@ -858,6 +900,15 @@ def _compose_reply(chat: _Chat, ident: str, fault: str | None, index: int = 0) -
         name = _chosen_tool(chat.tools, choice)["function"]["name"] if chat.tools else "get_weather"
         call = _ToolCall(f"call_{ident}_{index}", name, BROKEN_TOOL_ARGUMENTS)
         return _Reply(None, tool_calls=[call], finish_reason="tool_calls")
+    if fault in ("duplicate_tool_ids", "nameless_tool_call"):
+        name = _chosen_tool(chat.tools, choice)["function"]["name"] if chat.tools else "get_weather"
+        faulty_calls = [
+            _ToolCall(f"call_{ident}_0", name, '{"city": "Paris"}'),
+            _ToolCall(f"call_{ident}_0", name, '{"city": "Rome"}'),
+        ]
+        if fault == "nameless_tool_call":
+            faulty_calls = [_ToolCall(f"call_{ident}_0", "", '{"city": "Paris"}')]
+        return _Reply(None, tool_calls=faulty_calls, finish_reason="tool_calls")
     # A user turn right after tool results carries what the tools returned (images):
     # the model reads it and answers, as a real one would, instead of calling again.
     after_tools = len(chat.turns) > 1 and chat.turns[-2].role == "tool"
@@ -1110,7 +1161,15 @@ def _map_response(
     completion = _map_completion(chat, replies, ident, created, usage)
     if fault == "no_choices":
         completion["choices"] = []
+    if fault == "no_message":
+        del completion["choices"][0]["message"]
+    if fault == "no_finish_reason":
+        completion["choices"][0]["finish_reason"] = None
+    if fault == "error_event":
+        completion = {"error": _stream_error()}
     encoded = json.dumps(completion)
+    if fault == "trickle":
+        return StreamingResponse(_trickled_body(encoded), media_type="application/json")
     if fault == "malformed_json":
         return Response(encoded[: len(encoded) // 2], media_type="application/json")
     if fault == "break_stream":
@@ -1132,7 +1191,7 @@ def _map_message(chat: _Chat, reply: _Reply) -> dict[str, Any]:
             {
                 "id": call.id,
                 "type": "function",
-                "function": {"name": call.name, "arguments": call.arguments},
+                "function": {"name": call.name or None, "arguments": call.arguments},
             }
             for call in reply.tool_calls
         ]
@@ -1174,17 +1233,21 @@ def _map_chunks(
     fault: str | None,
 ) -> list[dict[str, Any]]:
     """Each choice's chunks, interleaved as vLLM sends them, then the usage chunk."""
-    per_choice = [_map_choice_chunks(chat, r, ident, created, i) for i, r in enumerate(replies)]
+    per_choice = [
+        _map_choice_chunks(chat, r, ident, created, i, fault) for i, r in enumerate(replies)
+    ]
     if fault == "no_choices":
         return [{**per_choice[0][0], "choices": []}]
     chunks = [c for row in itertools.zip_longest(*per_choice) for c in row if c is not None]
+    if fault == "error_event":
+        chunks.insert(_CHUNKS_BEFORE_BREAK, {"error": _stream_error()})
     if chat.include_usage:
         chunks.append({**chunks[0], "choices": [], "usage": usage})
     return chunks
 
 
 def _map_choice_chunks(
-    chat: _Chat, reply: _Reply, ident: str, created: int, choice: int
+    chat: _Chat, reply: _Reply, ident: str, created: int, choice: int, fault: str | None
 ) -> list[dict[str, Any]]:
     def chunk(
         delta: dict[str, Any], finish: str | None = None, logprobs: Any = None
@@ -1217,15 +1280,25 @@ def _map_choice_chunks(
             "index": index,
             "id": call.id,
             "type": "function",
-            "function": {"name": call.name, "arguments": ""},
+            "function": {"name": call.name or None, "arguments": ""},
         }
         chunks.append(chunk({"tool_calls": [head]}))
         chunks += [
             chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
             for piece in _pieces(call.arguments, size)
         ]
-    chunks.append(chunk({}, reply.finish_reason))
+    chunks.append(chunk({}, None if fault == "no_finish_reason" else reply.finish_reason))
     return chunks
+
+
+def _stream_error() -> dict[str, Any]:
+    # vLLM's shape for a failure after the stream began (an ErrorResponse's fields).
+    return {
+        "message": "Emulated fault error_event: the engine failed mid-generation.",
+        "type": "InternalServerError",
+        "param": None,
+        "code": 500,
+    }
 
 
 def _map_logprobs(chat: _Chat, text: str | None) -> dict[str, Any] | None:
@@ -1271,6 +1344,14 @@ async def _sse(
     if fault == "break_stream":
         raise _StreamAborted("X-Emulator-Fault: break_stream")
     yield "data: [DONE]\n\n"
+
+
+async def _trickled_body(encoded: str) -> AsyncIterator[str]:
+    yield encoded[:1]
+    for _ in range(int(_TRICKLE_LIMIT_SECONDS / _TRICKLE_SECONDS)):
+        await asyncio.sleep(_TRICKLE_SECONDS)
+        yield " "  # JSON allows whitespace between tokens: still a valid reply so far
+    yield encoded[1:]
 
 
 async def _stalled_body(encoded: str, seconds: float) -> AsyncIterator[str]:
