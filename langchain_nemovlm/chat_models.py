@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr
 
 from langchain_nemovlm._base import _NemoChatModel
 from nemovlm.backends.nim import NIMBackend
+from nemovlm.hosted import HostedMedia, decide_hosted, default_assets_url
 
 
 class ChatNemoVLM(_NemoChatModel):
@@ -52,6 +53,20 @@ class ChatNemoVLM(_NemoChatModel):
     """An HTTP client of your own (proxies, custom TLS) for sync calls, of the type the
     installed ``openai`` SDK takes (``httpx.Client``; ``httpx2.Client`` with openai 3.x)."""
     http_async_client: Any = Field(default=None, exclude=True)
+    # NVIDIA's hosted catalog (nemovlm.hosted): its rules and NVCF assets.
+    hosted: bool | None = None
+    """``None``: decided from the base URL (NVIDIA's catalog host: hosted); see ``is_hosted``."""
+    assets_url: str = Field(default_factory=default_assets_url)
+    """The NVCF assets endpoint; default ``NVCF_ASSETS_URL``, else NVIDIA's."""
+    hosted_media: HostedMedia = "auto"
+    """On the catalog: ``auto`` keeps media inline while they fit the model's budget and
+    uploads the rest as NVCF assets; ``upload`` uploads all; ``fit`` never uploads and
+    shrinks images to fit."""
+
+    @property
+    def is_hosted(self) -> bool:
+        """Whether calls follow the hosted catalog's rules (``hosted``, else the base URL)."""
+        return decide_hosted(self.hosted, self.base_url)
 
     @property
     def _llm_type(self) -> str:
@@ -76,4 +91,7 @@ class ChatNemoVLM(_NemoChatModel):
             http_client=self.http_client,
             async_http_client=self.http_async_client,
             policy=self._media_policy(),
+            hosted=self.hosted,
+            assets_url=self.assets_url,
+            hosted_media=self.hosted_media,
         )

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from llama_index_nemovlm._base import _NemoLLM, _NemoMultiModal
 from nemovlm.backends.nim import NIMBackend
+from nemovlm.hosted import HostedMedia, decide_hosted, default_assets_url
 
 
 def _api_key_from_env() -> SecretStr | None:
@@ -41,6 +42,25 @@ class _NimSettings(BaseModel):
     )
     # The client type follows the installed openai SDK (httpx; httpx2 with openai 3.x).
     async_http_client: Any = Field(default=None, exclude=True)
+    # NVIDIA's hosted catalog (nemovlm.hosted): its rules and NVCF assets.
+    hosted: bool | None = Field(
+        default=None,
+        description="None: decided from the base URL (NVIDIA's catalog host: hosted).",
+    )
+    assets_url: str = Field(
+        default_factory=default_assets_url,
+        description="The NVCF assets endpoint; default NVCF_ASSETS_URL, else NVIDIA's.",
+    )
+    hosted_media: HostedMedia = Field(
+        default="auto",
+        description="On the catalog: auto (inline while it fits, else NVCF assets), upload "
+        "(always assets) or fit (never upload; shrink images to fit).",
+    )
+
+    @property
+    def is_hosted(self) -> bool:
+        """Whether calls follow the hosted catalog's rules (``hosted``, else the base URL)."""
+        return decide_hosted(self.hosted, self.base_url)
 
 
 class NemoVLM(_NimSettings, _NemoLLM):
@@ -83,6 +103,9 @@ class NemoVLM(_NimSettings, _NemoLLM):
             http_client=self.http_client,
             async_http_client=self.async_http_client,
             policy=self._media_policy(),
+            hosted=self.hosted,
+            assets_url=self.assets_url,
+            hosted_media=self.hosted_media,
         )
 
 

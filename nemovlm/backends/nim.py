@@ -23,7 +23,7 @@ import importlib
 import json
 import os
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ import httpx
 from pydantic import SecretStr
 
 from nemovlm.backends._loops import PerLoop
+from nemovlm.backends.assets import ahosted_call, hosted_call
 from nemovlm.errors import (
     IncompleteResponseError,
     MissingCredentialsError,
@@ -38,6 +39,7 @@ from nemovlm.errors import (
     RequestError,
     RequestTimeoutError,
 )
+from nemovlm.hosted import HostedMedia, HostedSettings, decide_hosted, default_assets_url
 from nemovlm.media import MediaPolicy, PreparedMedia
 from nemovlm.messages import Delta, Reply, TextPart, ToolCallChunk, Turn, Usage
 from nemovlm.options import RequestOptions
@@ -58,6 +60,8 @@ if TYPE_CHECKING:
     import openai
 
 HOSTED_BASE_URL = "https://integrate.api.nvidia.com/v1"
+_Hosted = AbstractContextManager[tuple[PreparedConversation, dict[str, str]]]
+_AHosted = AbstractAsyncContextManager[tuple[PreparedConversation, dict[str, str]]]
 _PATH = "/chat/completions"
 
 
@@ -101,6 +105,8 @@ class NIMBackend:
     http_client: Any = None
     async_http_client: Any = None
     policy: MediaPolicy = field(default_factory=MediaPolicy)
+    hosted: HostedSettings | None = None
+    """NVIDIA's hosted catalog rules and NVCF assets (``nemovlm.hosted``); ``None``: off."""
     _client: openai.OpenAI | None = field(default=None, init=False, repr=False)
     _aclients: PerLoop[openai.AsyncOpenAI] = field(default_factory=PerLoop, init=False, repr=False)
     _aclient_own: openai.AsyncOpenAI | None = field(default=None, init=False, repr=False)
@@ -112,11 +118,17 @@ class NIMBackend:
         *,
         base_url: str | None,
         api_key: SecretStr | str | None,
+        hosted: bool | None = None,
+        assets_url: str | None = None,
+        hosted_media: HostedMedia = "auto",
         **settings: Any,
     ) -> NIMBackend:
         """A backend whose URL and key follow the documented order (argument, then
-        ``NVIDIA_BASE_URL`` / ``NVIDIA_API_KEY``, then the hosted catalog)."""
+        ``NVIDIA_BASE_URL`` / ``NVIDIA_API_KEY``, then the hosted catalog); ``hosted``
+        ``None`` is decided from that URL (``nemovlm.hosted.decide_hosted``)."""
         url = resolve_base_url(base_url)
+        if decide_hosted(hosted, url):
+            settings["hosted"] = HostedSettings(assets_url or default_assets_url(), hosted_media)
         return cls(profile, url, resolve_api_key(api_key, url), **settings)
 
     # --- clients ----------------------------------------------------------------
@@ -171,48 +183,93 @@ class NIMBackend:
 
     def complete(self, turns: Sequence[Turn], options: RequestOptions) -> Reply:
         prepared = prepare(turns, options, self.profile, self.policy)
-        request = self._map_request(prepared, options, stream=False)
-        with _converted_errors(self.profile.model, self.timeout):
-            completion = self.client.post(_PATH, body=request, cast_to=object)
-        return self._process_whole(completion, prepared)
+        with self._hosted(prepared) as (prepared, headers):
+            request = self._map_request(prepared, options, stream=False)
+            with _converted_errors(self.profile.model, self.timeout):
+                completion = self.client.post(
+                    _PATH, body=request, cast_to=object, options={"headers": headers}
+                )
+            return self._process_whole(completion, prepared)
 
     async def acomplete(self, turns: Sequence[Turn], options: RequestOptions) -> Reply:
         prepared = await aprepare(turns, options, self.profile, self.policy)
-        request = self._map_request(prepared, options, stream=False)
-        with _converted_errors(self.profile.model, self.timeout):
-            completion = await self.async_client.post(_PATH, body=request, cast_to=object)
-        return self._process_whole(completion, prepared)
+        async with self._ahosted(prepared) as (prepared, headers):
+            request = self._map_request(prepared, options, stream=False)
+            with _converted_errors(self.profile.model, self.timeout):
+                completion = await self.async_client.post(
+                    _PATH, body=request, cast_to=object, options={"headers": headers}
+                )
+            return self._process_whole(completion, prepared)
 
     def stream(self, turns: Sequence[Turn], options: RequestOptions) -> Iterator[Delta]:
         prepared = prepare(turns, options, self.profile, self.policy, stream=True)
-        request = self._map_request(prepared, options, stream=True)
-        state = _StreamState()
-        with _converted_errors(self.profile.model, self.timeout, state):
-            chunks = self.client.post(
-                _PATH, body=request, cast_to=object, stream=True, stream_cls=_stream_classes()[0]
-            )
-            try:
-                for chunk in chunks:
-                    yield state.feed(_process_chunk(chunk, self.profile.model), prepared.processor)
-            finally:
-                # A consumer that stops early must not leave the connection half-read.
-                chunks.close()
-        yield state.finish(prepared.processor, self.profile.model)
+        # Assets live until the stream ends, is closed early or is dropped (``finally``).
+        with self._hosted(prepared) as (prepared, headers):
+            request = self._map_request(prepared, options, stream=True)
+            state = _StreamState()
+            with _converted_errors(self.profile.model, self.timeout, state):
+                chunks = self.client.post(
+                    _PATH,
+                    body=request,
+                    cast_to=object,
+                    options={"headers": headers},
+                    stream=True,
+                    stream_cls=_stream_classes()[0],
+                )
+                try:
+                    for chunk in chunks:
+                        yield state.feed(
+                            _process_chunk(chunk, self.profile.model), prepared.processor
+                        )
+                finally:
+                    # A consumer that stops early must not leave the connection half-read.
+                    chunks.close()
+            yield state.finish(prepared.processor, self.profile.model)
 
     async def astream(self, turns: Sequence[Turn], options: RequestOptions) -> AsyncIterator[Delta]:
         prepared = await aprepare(turns, options, self.profile, self.policy, stream=True)
-        request = self._map_request(prepared, options, stream=True)
-        state = _StreamState()
-        with _converted_errors(self.profile.model, self.timeout, state):
-            achunks = await self.async_client.post(
-                _PATH, body=request, cast_to=object, stream=True, stream_cls=_stream_classes()[1]
-            )
-            try:
-                async for chunk in achunks:
-                    yield state.feed(_process_chunk(chunk, self.profile.model), prepared.processor)
-            finally:
-                await achunks.close()
-        yield state.finish(prepared.processor, self.profile.model)
+        async with self._ahosted(prepared) as (prepared, headers):
+            request = self._map_request(prepared, options, stream=True)
+            state = _StreamState()
+            with _converted_errors(self.profile.model, self.timeout, state):
+                achunks = await self.async_client.post(
+                    _PATH,
+                    body=request,
+                    cast_to=object,
+                    options={"headers": headers},
+                    stream=True,
+                    stream_cls=_stream_classes()[1],
+                )
+                try:
+                    async for chunk in achunks:
+                        yield state.feed(
+                            _process_chunk(chunk, self.profile.model), prepared.processor
+                        )
+                finally:
+                    await achunks.close()
+            yield state.finish(prepared.processor, self.profile.model)
+
+    def _hosted(self, prepared: PreparedConversation) -> _Hosted:
+        """On the hosted catalog: its message rules, and large media as NVCF assets for
+        the duration of the call (``nemovlm.backends.assets``)."""
+        return hosted_call(
+            prepared,
+            settings=self.hosted,
+            profile=self.profile,
+            api_key=self.api_key,
+            client=self.client._client if self.hosted else None,
+            timeout=self.timeout,
+        )
+
+    def _ahosted(self, prepared: PreparedConversation) -> _AHosted:
+        return ahosted_call(
+            prepared,
+            settings=self.hosted,
+            profile=self.profile,
+            api_key=self.api_key,
+            client=self.async_client._client if self.hosted else None,
+            timeout=self.timeout,
+        )
 
     def _process_whole(self, completion: Any, prepared: PreparedConversation) -> Reply:
         raw = _process_completion(completion, self.profile.model)
