@@ -55,6 +55,7 @@ __all__ = [
     "asset_bytes",
     "check_chat",
     "hold_if_armed",
+    "hosted_banner",
     "hosted_routes",
 ]
 
@@ -370,6 +371,18 @@ async def _release(request: Request) -> Response:
     if state.release is not None:
         state.release.set()
     return JSONResponse({"released": state.held})
+
+
+def hosted_banner(url: str) -> str:
+    """What ``nemovlm emulator --hosted`` adds to its banner: the exports, and the one
+    setting the environment cannot carry."""
+    return (
+        f"  export NVCF_ASSETS_URL={url}/v2/nvcf/assets\n"
+        "  export NVIDIA_API_KEY=emulator-key   # the asset API wants a Bearer key\n"
+        "  # It plays NVIDIA's hosted catalog: pass hosted=True to ChatNemoVLM / NemoVLM\n"
+        "  # (a base URL on this host is not hosted by default). Media over the inline\n"
+        "  # budget go up as NVCF assets to this emulator, which deletes them on request."
+    )
 
 
 def hosted_routes() -> list[Route]:
