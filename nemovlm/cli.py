@@ -139,8 +139,8 @@ def _run_emulator(args: argparse.Namespace) -> int:
         print(f"  export {name}={value}")
     print(f"  export FAL_KEY={EMULATOR_FAL_KEY}")
     print(
-        "\nfal uploads (media over 1 MB): `nemovlm ask` follows these exports by itself; "
-        "in your own Python process call\n"
+        "\nfal uploads (media over 1 MB): `nemovlm ask` and the cookbooks follow these exports "
+        "by themselves; in your own Python process call\n"
         f"  from nemovlm.emulator.fal import aim_fal_client; "
         f"aim_fal_client({fal.url!r}, {str(fal.ca_bundle)!r})\n"
     )
