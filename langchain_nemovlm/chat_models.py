@@ -9,7 +9,7 @@ from pydantic import Field, SecretStr
 
 from langchain_nemovlm._base import _NemoChatModel
 from nemovlm.backends.nim import NIMBackend
-from nemovlm.hosted import HostedMedia, decide_hosted, default_assets_url
+from nemovlm.hosted import HostedMedia, decide_hosted
 
 
 class ChatNemoVLM(_NemoChatModel):
@@ -56,8 +56,9 @@ class ChatNemoVLM(_NemoChatModel):
     # NVIDIA's hosted catalog (nemovlm.hosted): its rules and NVCF assets.
     hosted: bool | None = None
     """``None``: decided from the base URL (NVIDIA's catalog host: hosted); see ``is_hosted``."""
-    assets_url: str = Field(default_factory=default_assets_url)
-    """The NVCF assets endpoint; default ``NVCF_ASSETS_URL``, else NVIDIA's."""
+    assets_url: str | None = None
+    """The NVCF assets endpoint; ``None``: ``NVCF_ASSETS_URL``, else NVIDIA's
+    (``https://api.nvcf.nvidia.com/v2/nvcf/assets``)."""
     hosted_media: HostedMedia = "auto"
     """On the catalog: ``auto`` keeps media inline while they fit the model's budget and
     uploads the rest as NVCF assets; ``upload`` uploads all; ``fit`` never uploads and

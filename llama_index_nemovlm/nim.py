@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from llama_index_nemovlm._base import _NemoLLM, _NemoMultiModal
 from nemovlm.backends.nim import NIMBackend
-from nemovlm.hosted import HostedMedia, decide_hosted, default_assets_url
+from nemovlm.hosted import HostedMedia, decide_hosted
 
 
 def _api_key_from_env() -> SecretStr | None:
@@ -47,9 +47,10 @@ class _NimSettings(BaseModel):
         default=None,
         description="None: decided from the base URL (NVIDIA's catalog host: hosted).",
     )
-    assets_url: str = Field(
-        default_factory=default_assets_url,
-        description="The NVCF assets endpoint; default NVCF_ASSETS_URL, else NVIDIA's.",
+    assets_url: str | None = Field(
+        default=None,
+        description="The NVCF assets endpoint; None: NVCF_ASSETS_URL, else NVIDIA's "
+        "(https://api.nvcf.nvidia.com/v2/nvcf/assets).",
     )
     hosted_media: HostedMedia = Field(
         default="auto",

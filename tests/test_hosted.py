@@ -85,10 +85,13 @@ def test_assets_url_defaults_to_nvcf_assets_url_else_nvidias(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("NVCF_ASSETS_URL", raising=False)
-    assert ChatNemoVLM(model=NANO12).assets_url == DEFAULT_ASSETS_URL
+    assert ChatNemoVLM(model=NANO12, api_key=KEY).backend.hosted.assets_url == DEFAULT_ASSETS_URL
     assert DEFAULT_ASSETS_URL == "https://api.nvcf.nvidia.com/v2/nvcf/assets"
     monkeypatch.setenv("NVCF_ASSETS_URL", "http://127.0.0.1:9/v2/nvcf/assets")
-    assert ChatNemoVLM(model=NANO12).assets_url == "http://127.0.0.1:9/v2/nvcf/assets"
+    assert (
+        ChatNemoVLM(model=NANO12, api_key=KEY).backend.hosted.assets_url
+        == "http://127.0.0.1:9/v2/nvcf/assets"
+    )
 
 
 def test_an_unknown_hosted_media_mode_is_refused() -> None:

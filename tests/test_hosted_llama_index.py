@@ -57,9 +57,11 @@ def test_assets_url_defaults_to_nvcf_assets_url_else_nvidias(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("NVCF_ASSETS_URL", raising=False)
-    assert NemoVLM(model=NANO12).assets_url == DEFAULT_ASSETS_URL
+    assert NemoVLM(model=NANO12, api_key=KEY).backend.hosted.assets_url == DEFAULT_ASSETS_URL
     monkeypatch.setenv("NVCF_ASSETS_URL", "http://127.0.0.1:9/assets")
-    assert NemoVLM(model=NANO12).assets_url == "http://127.0.0.1:9/assets"
+    assert (
+        NemoVLM(model=NANO12, api_key=KEY).backend.hosted.assets_url == "http://127.0.0.1:9/assets"
+    )
 
 
 def test_chat_uploads_the_photo_and_deletes_it(catalog: Catalog) -> None:
