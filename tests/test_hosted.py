@@ -298,6 +298,18 @@ def test_a_413_says_to_upload_or_send_a_smaller_image(catalog: Catalog) -> None:
     assert "smaller images" in str(raised.value)
 
 
+def test_a_422_for_an_unknown_asset_says_to_check_assets_url(catalog: Catalog) -> None:
+    from nemovlm.emulator import start_nim_emulator
+
+    with start_nim_emulator(hosted=True) as elsewhere:  # another account's asset store
+        llm = hosted_llm(catalog, assets_url=elsewhere.url + "/v2/nvcf/assets")
+        with pytest.raises(RequestError, match="assets_url / NVCF_ASSETS_URL") as raised:
+            llm.invoke(ask(photo_block()))
+        assert Catalog(elsewhere.url).live() == []
+    assert raised.value.status_code == 422
+    assert "does not exist" in str(raised.value)
+
+
 def test_a_delete_that_fails_is_a_warning_naming_the_asset(catalog: Catalog) -> None:
     catalog.fail("delete", 500)
     with pytest.warns(AssetCleanupWarning, match="24 hours"):
