@@ -104,7 +104,7 @@ def test_cookbook_is_a_jupytext_percent_script_with_markdown_sections(script: st
     text = (COOKBOOKS / script).read_text()
     assert "format_name: percent" in text
     assert text.count("# %% [markdown]") >= 3
-    assert "setup = connect()" in text
+    assert "setup = connect(" in text
 
 
 # --- what each one shows --------------------------------------------------------------
