@@ -94,6 +94,12 @@ def test_assets_url_defaults_to_nvcf_assets_url_else_nvidias(
     )
 
 
+def test_hosted_settings_on_a_local_nim_are_not_dropped_silently() -> None:
+    llm = ChatNemoVLM(model=NANO12, base_url="http://localhost:8000/v1", hosted_media="upload")
+    with pytest.warns(UserWarning, match="set hosted=True if it is"):
+        assert llm.backend is not None
+
+
 def test_an_unknown_hosted_media_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="hosted_media"):
         ChatNemoVLM(model=NANO12, hosted_media="sometimes")  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ import functools
 import importlib
 import json
 import os
+import warnings
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -129,6 +130,12 @@ class NIMBackend:
         url = resolve_base_url(base_url)
         if decide_hosted(hosted, url):
             settings["hosted"] = HostedSettings(assets_url or default_assets_url(), hosted_media)
+        elif hosted_media != "auto" or assets_url:
+            warnings.warn(
+                f"hosted_media / assets_url apply only on NVIDIA's hosted catalog, and {url} "
+                "is not treated as hosted: set hosted=True if it is.",
+                stacklevel=2,
+            )
         return cls(profile, url, resolve_api_key(api_key, url), **settings)
 
     # --- clients ----------------------------------------------------------------
