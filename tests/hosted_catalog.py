@@ -96,6 +96,14 @@ class Catalog:
         stats: dict[str, int] = httpx.get(f"{self.url}/emulator/assets/stats").json()
         return stats["most_uploading"]
 
+    def wait_uploading(self, count: int = 1) -> int:
+        stats: dict[str, int] = httpx.get(
+            f"{self.url}/emulator/assets/stats",
+            params={"wait_uploading": str(count)},
+            timeout=30,
+        ).json()
+        return stats["uploading"]
+
     def hold(self) -> None:
         httpx.post(f"{self.url}/emulator/hold").raise_for_status()
 

@@ -401,6 +401,17 @@ async def test_cancelling_the_task_mid_call_deletes_its_assets(catalog: Catalog)
     assert catalog.live() == []
 
 
+async def test_cancelling_the_task_mid_upload_deletes_the_created_asset(catalog: Catalog) -> None:
+    catalog.barrier(2)  # the one upload waits at the emulator for a second that never comes
+    task = asyncio.create_task(hosted_llm(catalog).ainvoke(ask(photo_block())))
+    assert await asyncio.to_thread(catalog.wait_uploading) == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert catalog.live() == []
+    assert ("POST", "chat") not in catalog.calls()
+
+
 async def test_cancelling_an_async_stream_mid_call_deletes_its_assets(catalog: Catalog) -> None:
     catalog.hold()
 

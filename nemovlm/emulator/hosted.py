@@ -25,6 +25,7 @@ Test hooks (``/emulator/...``, never on the real catalog):
   ``POST /emulator/assets/barrier`` ``{"uploads": N}``: each presigned PUT waits until N
                                     are in flight at once (10 s at most); ``GET
                                     /emulator/assets/stats`` says the most there were
+                                    (``?wait_uploading=N``: once N are in flight)
   ``POST /emulator/hold``           the next chat request waits until released
   ``GET /emulator/hold``            ``?timeout=S``: answers once a chat request is held
   ``DELETE /emulator/hold``         releases every held request
@@ -319,7 +320,22 @@ async def _list_assets(request: Request) -> Response:
 
 async def _upload_stats(request: Request) -> Response:
     state = _state(request)
-    return JSONResponse({"most_uploading": state.most_uploading, "barrier": state.barrier})
+    wait = request.query_params.get("wait_uploading")
+    if wait is not None:
+        async with state.condition():
+            try:
+                await asyncio.wait_for(
+                    state.condition().wait_for(lambda: state.uploading >= int(wait)), 20
+                )
+            except asyncio.TimeoutError:
+                pass
+    return JSONResponse(
+        {
+            "most_uploading": state.most_uploading,
+            "uploading": state.uploading,
+            "barrier": state.barrier,
+        }
+    )
 
 
 async def _set_barrier(request: Request) -> Response:
@@ -327,6 +343,7 @@ async def _set_barrier(request: Request) -> Response:
     body = await request.json()
     state.barrier = int(body.get("uploads", 0))
     state.most_uploading = 0
+    await state.notify()  # uploads waiting for an earlier barrier re-check this one
     return JSONResponse({"barrier": state.barrier})
 
 
