@@ -47,10 +47,26 @@ class Setup:
     worker_env: dict[str, str] = field(default_factory=dict)
     """Environment a worker process needs to reach the same endpoints (Ray, spawn)."""
     fal_emulator: Any = None
+    nim_assets_url: str | None = None
+    """The emulator's NVCF assets endpoint when it plays the hosted catalog."""
+    fal_exported: str | None = None
+    """A local fal emulator named by your exports (``nemovlm emulator``), if any."""
 
     @property
     def offline(self) -> bool:
         return self.nim_emulated and self.fal_emulated
+
+    def nim_settings(self) -> dict[str, Any]:
+        """``ChatNemoVLM`` / ``NemoVLM`` settings for this setup's NIM side; with the
+        emulator playing the catalog, ``hosted=True`` and its assets endpoint."""
+        if self.nim_assets_url is None:
+            return {"base_url": self.nim_base_url}
+        return {
+            "base_url": self.nim_base_url,
+            "api_key": "emulator-key",
+            "hosted": True,
+            "assets_url": self.nim_assets_url,
+        }
 
 
 _stack = ExitStack()
@@ -64,8 +80,9 @@ def _fal_key_set() -> bool:
     )
 
 
-def connect() -> Setup:
-    """Start what is missing (once per process) and say where answers come from."""
+def connect(*, hosted: bool = False) -> Setup:
+    """Start what is missing (once per process) and say where answers come from.
+    ``hosted``: a NIM emulator started here plays NVIDIA's hosted catalog."""
     global _current
     if _current is not None:
         return _current
@@ -78,9 +95,10 @@ def connect() -> Setup:
     if nim_emulated:
         from nemovlm.emulator import start_nim_emulator
 
-        nim = start_nim_emulator()
+        nim = start_nim_emulator(hosted=hosted)
         _stack.callback(nim.stop)
         nim_base_url = nim.url + "/v1"
+    nim_assets_url = f"{nim.url}/v2/nvcf/assets" if nim_emulated and hosted else None
 
     fal_emulator = None
     fal_emulated = not _fal_key_set()
@@ -94,6 +112,15 @@ def connect() -> Setup:
         os.environ["FAL_KEY"] = EMULATOR_FAL_KEY
         _stack.callback(os.environ.pop, "FAL_KEY", None)
         worker_env = {**fal_emulator.env, "FAL_KEY": EMULATOR_FAL_KEY}
+    fal_exported = None
+    if not fal_emulated:
+        from nemovlm.emulator.fal import aim_at_exported_emulator
+
+        # `nemovlm emulator`'s exports aim the queue; uploads must be aimed in-process.
+        undo = aim_at_exported_emulator()
+        if undo is not None:
+            _stack.callback(undo)
+            fal_exported = os.environ["FAL_QUEUE_RUN_HOST"]
 
     atexit.register(_stack.close)
     _current = Setup(
@@ -103,6 +130,8 @@ def connect() -> Setup:
         workdir=workdir,
         worker_env=worker_env,
         fal_emulator=fal_emulator,
+        nim_assets_url=nim_assets_url,
+        fal_exported=fal_exported,
     )
     _announce(_current)
     return _current
@@ -111,6 +140,8 @@ def connect() -> Setup:
 def _announce(setup: Setup) -> None:
     if setup.offline:
         print(f"Offline: {EMULATOR_NOTE}.")
+        if setup.nim_assets_url:
+            print("The NIM emulator plays NVIDIA's hosted catalog (NVCF assets, inline limit).")
         print("Set NVIDIA_API_KEY (or NVIDIA_BASE_URL) and FAL_KEY for real answers.\n")
         return
     nim = (
@@ -119,6 +150,8 @@ def _announce(setup: Setup) -> None:
         else f"NIM: {setup.nim_base_url or 'NVIDIA hosted API catalog'}"
     )
     fal = f"fal: emulator ({EMULATOR_NOTE})" if setup.fal_emulated else "fal: fal.ai (FAL_KEY)"
+    if setup.fal_exported:
+        fal = f"fal: emulator at {setup.fal_exported}, from your exports (queue and uploads)"
     print(f"{nim}\n{fal}\n")
 
 

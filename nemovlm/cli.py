@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     emu.add_argument("--port", type=int, default=8000, help="NIM port (default 8000)")
     emu.add_argument("--fal-port", type=int, default=8443, help="fal port, TLS (default 8443)")
     emu.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    emu.add_argument(
+        "--hosted", action="store_true", help="play NVIDIA's hosted catalog (NVCF assets, limits)"
+    )
     emu.set_defaults(run=_run_emulator)
 
     models = sub.add_parser("models", help="the known models and what they take")
@@ -124,17 +127,21 @@ def _run_emulator(args: argparse.Namespace) -> int:
     from nemovlm.emulator import start_nim_emulator
     from nemovlm.emulator.fal import start_fal_emulator
 
-    nim = start_nim_emulator(port=args.port, host=args.host)
+    nim = start_nim_emulator(port=args.port, host=args.host, hosted=args.hosted)
     fal = start_fal_emulator(port=args.fal_port, host=args.host)
     print("nemovlm emulator running (answers are emulated, not from a real model).")
     print("Point clients at it with:\n")
     print(f"  export NVIDIA_BASE_URL={nim.url}/v1")
+    if args.hosted:
+        from nemovlm.emulator.hosted import hosted_banner
+
+        print(hosted_banner(nim.url))
     for name, value in fal.env.items():
         print(f"  export {name}={value}")
     print(f"  export FAL_KEY={EMULATOR_FAL_KEY}")
     print(
-        "\nfal uploads (media over 1 MB): `nemovlm ask` follows these exports by itself; "
-        "in your own Python process call\n"
+        "\nfal uploads (media over 1 MB): `nemovlm ask` and the cookbooks follow these exports "
+        "by themselves; in your own Python process call\n"
         f"  from nemovlm.emulator.fal import aim_fal_client; "
         f"aim_fal_client({fal.url!r}, {str(fal.ca_bundle)!r})\n"
     )

@@ -86,6 +86,10 @@ class ModelProfile:
     pixels worth sending (client-side downscale)."""
     max_video_seconds: float | None = None
     max_video_height: int | None = None
+    hosted_inline_budget: int = 180_000
+    """Base64 characters of media one request may carry inline on NVIDIA's hosted
+    catalog (all media together); larger media go up as NVCF assets. 180,000 where the
+    model's catalog reference says nothing (the Nano VL 8B reference: "180KB")."""
 
     # --- reasoning --------------------------------------------------------------
     reasoning: ReasoningSwitch | None = None

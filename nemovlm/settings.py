@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, Field, PrivateAttr, SecretStr
 
+from nemovlm.hosted import HostedMedia, decide_hosted
 from nemovlm.media import MediaPolicy
 from nemovlm.options import ImageTransport, RequestOptions, build_options
 from nemovlm.profiles import Backend, ModelProfile, get_profile
@@ -202,6 +203,30 @@ class NimSettings(CommonSettings):
         default=None, description="Most tiles an image or frame is cut into (Nano 12B v2 VL)."
     )
 
+    # NVIDIA's hosted catalog (nemovlm.hosted): its message rules and NVCF assets.
+    hosted: bool | None = Field(
+        default=None,
+        description="Follow NVIDIA's hosted catalog's rules (inline budget, NVCF assets, "
+        "message rules). None: decided from the base URL (the catalog's host: hosted); "
+        "see is_hosted.",
+    )
+    assets_url: str | None = Field(
+        default=None,
+        description="The NVCF assets endpoint; None: NVCF_ASSETS_URL, else NVIDIA's "
+        "(https://api.nvcf.nvidia.com/v2/nvcf/assets).",
+    )
+    hosted_media: HostedMedia = Field(
+        default="auto",
+        description="On the catalog: auto keeps media inline while they fit the model's "
+        "budget and uploads the rest as NVCF assets; upload uploads all; fit never uploads "
+        "and shrinks images to fit.",
+    )
+
+    @property
+    def is_hosted(self) -> bool:
+        """Whether calls follow the hosted catalog's rules (``hosted``, else the base URL)."""
+        return decide_hosted(self.hosted, self.base_url)
+
     def make_backend(self) -> NIMBackend:
         from nemovlm.backends.nim import NIMBackend
 
@@ -215,6 +240,9 @@ class NimSettings(CommonSettings):
             http_client=self.http_client,
             async_http_client=self.async_http_client,
             policy=self.media_policy(),
+            hosted=self.hosted,
+            assets_url=self.assets_url,
+            hosted_media=self.hosted_media,
         )
 
     def media_policy(self) -> MediaPolicy:

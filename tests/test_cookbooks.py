@@ -87,8 +87,8 @@ def runs() -> Iterator[_Runs]:
 # --- every cookbook -------------------------------------------------------------------
 
 
-def test_there_are_seven_cookbooks() -> None:
-    assert [s[:2] for s in SCRIPTS] == ["01", "02", "03", "04", "05", "06", "07"]
+def test_there_are_eight_cookbooks() -> None:
+    assert [s[:2] for s in SCRIPTS] == ["01", "02", "03", "04", "05", "06", "07", "08"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -104,7 +104,7 @@ def test_cookbook_is_a_jupytext_percent_script_with_markdown_sections(script: st
     text = (COOKBOOKS / script).read_text()
     assert "format_name: percent" in text
     assert text.count("# %% [markdown]") >= 3
-    assert "setup = connect()" in text
+    assert "setup = connect(" in text
 
 
 # --- what each one shows --------------------------------------------------------------
@@ -196,6 +196,23 @@ def test_batch_cookbook_captions_every_image_and_totals_the_cost(runs: _Runs) ->
     assert "200 captions in" in output
     assert re.search(r"24 captions in .*\n.*cost: \$\d+\.\d{4} \(estimated\)", output)
     assert ("Ray: 200 captions in" in output) or ("Skipped the Ray section" in output)
+
+
+def test_hosted_catalog_cookbook_uploads_the_12mp_photo_and_leaves_no_asset(runs: _Runs) -> None:
+    output = runs.output("08_hosted_catalog.py")
+    assert "The NIM emulator plays NVIDIA's hosted catalog" in output
+    assert "is_hosted: True" in output
+    assert re.search(r"LangChain : .*image 1: jpeg 2048x1536 \(NVCF asset\)", output)
+    assert re.search(r"LlamaIndex: .*\(NVCF asset\)", output)
+    assert output.count("live assets after the call: []") == 3
+
+
+def test_hosted_catalog_cookbook_fits_the_photo_inline_and_uploads_the_video(runs: _Runs) -> None:
+    output = runs.output("08_hosted_catalog.py")
+    fit = next(line for line in output.splitlines() if line.startswith("fit"))
+    assert "(NVCF asset)" not in fit and "image 1: jpeg" in fit
+    assert re.search(r"video     : .*mp4 8\.0s 640x360.*\(NVCF asset\)", output)
+    assert "messages: system, user" in output
 
 
 def test_a_cookbook_uses_a_real_nim_url_when_one_is_given() -> None:

@@ -184,10 +184,13 @@ FAL_CONNECTION = {"api_key", "timeout", "poll_interval", "max_retries", "seed", 
 
 # Media guards: shown by the tests below (a private host fetched; caps that refuse).
 MEDIA_GUARDS = {"allowed_media_hosts", "max_decode_pixels", "max_video_bytes"}
+# The hosted catalog's settings: shown over HTTP to the hosted-mode emulator, for both
+# frameworks, in tests/test_hosted.py and tests/test_hosted_llama_index.py.
+HOSTED = {"hosted", "assets_url", "hosted_media"}
 
 
 def test_every_core_setting_is_shown_reaching_the_request() -> None:
-    assert set(NIM_PROBES) | NIM_CONNECTION | MEDIA_GUARDS == set(NimSettings.model_fields)
+    assert set(NIM_PROBES) | NIM_CONNECTION | MEDIA_GUARDS | HOSTED == set(NimSettings.model_fields)
     assert set(FAL_PROBES) | FAL_CONNECTION | MEDIA_GUARDS == set(FalSettings.model_fields)
     assert set(CommonSettings.model_fields) <= set(NimSettings.model_fields)
 

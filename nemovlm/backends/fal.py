@@ -379,16 +379,18 @@ class FalBackend:
         return secret_values(api_key=self.api_key)
 
     def _upload(self, upload: _Upload) -> str:
-        if upload.path is not None:
-            return self.client.upload_file(upload.path)
-        assert upload.data is not None
-        return self.client.upload(upload.data, upload.mime_type, upload.file_name)
+        with _upload_errors(self.profile.model, upload):
+            if upload.path is not None:
+                return self.client.upload_file(upload.path)
+            assert upload.data is not None
+            return self.client.upload(upload.data, upload.mime_type, upload.file_name)
 
     async def _aupload(self, upload: _Upload) -> str:
-        if upload.path is not None:
-            return await self.async_client.upload_file(upload.path)
-        assert upload.data is not None
-        return await self.async_client.upload(upload.data, upload.mime_type, upload.file_name)
+        with _upload_errors(self.profile.model, upload):
+            if upload.path is not None:
+                return await self.async_client.upload_file(upload.path)
+            assert upload.data is not None
+            return await self.async_client.upload(upload.data, upload.mime_type, upload.file_name)
 
     def _process_whole(
         self,
@@ -626,6 +628,23 @@ async def _acancel_quietly(client: fal_client.AsyncClient, model: str, request_i
         await asyncio.shield(client.cancel(model, request_id))
     except Exception as exc:
         logger.warning("fal %s request %s could not be cancelled: %s", model, request_id, exc)
+
+
+@contextmanager
+def _upload_errors(model: str, upload: _Upload) -> Iterator[None]:
+    """A failed upload says it was the upload, and where it went (fal-client's storage
+    host is a module constant: only ``aim_fal_client`` moves it to the emulator)."""
+    try:
+        yield
+    except (httpx.HTTPError, fal_client.FalClientHTTPError) as exc:
+        host = getattr(fal_client.client, "REST_URL", "fal's storage")
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        raise RequestError(
+            f"Uploading {upload.file_name} ({upload.mime_type}) to fal storage ({host}) "
+            f"failed before the request was submitted: {type(exc).__name__}: {exc}",
+            status_code=status,
+            model=model,
+        ) from exc
 
 
 @contextmanager

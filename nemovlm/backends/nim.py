@@ -25,8 +25,9 @@ import importlib
 import json
 import os
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ from pydantic import SecretStr
 from typing_extensions import assert_never
 
 from nemovlm.backends._loops import PerLoop
+from nemovlm.backends.assets import ahosted_call, hosted_call
 from nemovlm.errors import (
     IncompleteResponseError,
     MissingCredentialsError,
@@ -43,6 +45,7 @@ from nemovlm.errors import (
     RequestTimeoutError,
     openai_classes,
 )
+from nemovlm.hosted import HostedMedia, HostedSettings, decide_hosted, default_assets_url
 from nemovlm.media import MediaPolicy, PreparedMedia
 from nemovlm.messages import Delta, Reply, TextPart, ToolCallChunk, Turn, Usage
 from nemovlm.options import RequestOptions
@@ -64,6 +67,8 @@ if TYPE_CHECKING:
     import openai
 
 HOSTED_BASE_URL = "https://integrate.api.nvidia.com/v1"
+_Hosted = AbstractContextManager[tuple[PreparedConversation, dict[str, str]]]
+_AHosted = AbstractAsyncContextManager[tuple[PreparedConversation, dict[str, str]]]
 _PATH = "/chat/completions"
 _MODELS_PATH = "/models"
 
@@ -83,7 +88,11 @@ class ServedModel:
 # The SDK's own switch (``X-Stainless-Raw-Response: stream``, as its
 # ``with_streaming_response`` sends) to hand back the response before reading the body,
 # so a non-streamed body is read here, against the call's deadline.
-_UNREAD_BODY: Any = {"headers": {"X-Stainless-Raw-Response": "stream"}}
+_UNREAD_BODY = {"X-Stainless-Raw-Response": "stream"}
+
+
+def _unread_body(headers: Mapping[str, str]) -> Any:
+    return {"headers": {**headers, **_UNREAD_BODY}}
 
 
 def resolve_base_url(base_url: str | None) -> str:
@@ -128,6 +137,8 @@ class NIMBackend:
     http_client: Any = None
     async_http_client: Any = None
     policy: MediaPolicy = field(default_factory=MediaPolicy)
+    hosted: HostedSettings | None = None
+    """NVIDIA's hosted catalog rules and NVCF assets (``nemovlm.hosted``); ``None``: off."""
     _client: openai.OpenAI | None = field(default=None, init=False, repr=False)
     _aclients: PerLoop[openai.AsyncOpenAI] = field(default_factory=PerLoop, init=False, repr=False)
     _aclient_own: openai.AsyncOpenAI | None = field(default=None, init=False, repr=False)
@@ -139,11 +150,23 @@ class NIMBackend:
         *,
         base_url: str | None,
         api_key: SecretStr | str | None,
+        hosted: bool | None = None,
+        assets_url: str | None = None,
+        hosted_media: HostedMedia = "auto",
         **settings: Any,
     ) -> NIMBackend:
         """A backend whose URL and key follow the documented order (argument, then
-        ``NVIDIA_BASE_URL`` / ``NVIDIA_API_KEY``, then the hosted catalog)."""
+        ``NVIDIA_BASE_URL`` / ``NVIDIA_API_KEY``, then the hosted catalog); ``hosted``
+        ``None`` is decided from that URL (``nemovlm.hosted.decide_hosted``)."""
         url = resolve_base_url(base_url)
+        if decide_hosted(hosted, url):
+            settings["hosted"] = HostedSettings(assets_url or default_assets_url(), hosted_media)
+        elif hosted_media != "auto" or assets_url:
+            warnings.warn(
+                f"hosted_media / assets_url apply only on NVIDIA's hosted catalog, and {url} "
+                "is not treated as hosted: set hosted=True if it is.",
+                stacklevel=2,
+            )
         return cls(profile, url, resolve_api_key(api_key, url), **settings)
 
     def __post_init__(self) -> None:
@@ -211,72 +234,113 @@ class NIMBackend:
 
     def complete(self, turns: Sequence[Turn], options: RequestOptions) -> Reply:
         prepared = prepare(turns, options, self.profile, self.policy)
-        request = self._map_request(prepared, options, stream=False)
-        body = _Body.starting(self.timeout)
         # Held until the body is read: a client dropped by a racing first use elsewhere
         # would close its pool, and this response's socket with it.
         client = self.client
-        with _converted_errors(self.profile.model, self.timeout, secrets=self._secrets):
-            response = client.post(
-                _PATH, body=request, cast_to=httpx.Response, options=_UNREAD_BODY
-            )
-            try:
-                body.begin()
-                for piece in response.iter_bytes():
-                    body.add(piece)
-            finally:
-                response.close()
-            completion = body.json()
-        return self._process_whole(completion, prepared)
+        with self._hosted(prepared) as (prepared, headers):
+            request = self._map_request(prepared, options, stream=False)
+            body = _Body.starting(self.timeout)
+            with _converted_errors(self.profile.model, self.timeout, secrets=self._secrets):
+                response = client.post(
+                    _PATH, body=request, cast_to=httpx.Response, options=_unread_body(headers)
+                )
+                try:
+                    body.begin()
+                    for piece in response.iter_bytes():
+                        body.add(piece)
+                finally:
+                    response.close()
+                completion = body.json()
+            return self._process_whole(completion, prepared)
 
     async def acomplete(self, turns: Sequence[Turn], options: RequestOptions) -> Reply:
         prepared = await aprepare(turns, options, self.profile, self.policy)
-        request = self._map_request(prepared, options, stream=False)
-        body = _Body.starting(self.timeout)
         client = self.async_client
-        with _converted_errors(self.profile.model, self.timeout, secrets=self._secrets):
-            response = await client.post(
-                _PATH, body=request, cast_to=httpx.Response, options=_UNREAD_BODY
-            )
-            try:
-                body.begin()
-                async for piece in response.aiter_bytes():
-                    body.add(piece)
-            finally:
-                await response.aclose()
-            completion = body.json()
-        return self._process_whole(completion, prepared)
+        async with self._ahosted(prepared) as (prepared, headers):
+            request = self._map_request(prepared, options, stream=False)
+            body = _Body.starting(self.timeout)
+            with _converted_errors(self.profile.model, self.timeout, secrets=self._secrets):
+                response = await client.post(
+                    _PATH, body=request, cast_to=httpx.Response, options=_unread_body(headers)
+                )
+                try:
+                    body.begin()
+                    async for piece in response.aiter_bytes():
+                        body.add(piece)
+                finally:
+                    await response.aclose()
+                completion = body.json()
+            return self._process_whole(completion, prepared)
 
     def stream(self, turns: Sequence[Turn], options: RequestOptions) -> Iterator[Delta]:
         prepared = prepare(turns, options, self.profile, self.policy, stream=True)
-        request = self._map_request(prepared, options, stream=True)
-        state = _StreamProgress()
-        with _converted_errors(self.profile.model, self.timeout, state, self._secrets):
-            chunks = self.client.post(
-                _PATH, body=request, cast_to=object, stream=True, stream_cls=_stream_classes()[0]
-            )
-            try:
-                for chunk in chunks:
-                    yield state.feed(_process_chunk(chunk, self.profile.model), prepared.processor)
-            finally:
-                # A consumer that stops early must not leave the connection half-read.
-                chunks.close()
-        yield state.finish(prepared.processor, self.profile.model)
+        # Assets live until the stream ends, is closed early or is dropped (``finally``).
+        with self._hosted(prepared) as (prepared, headers):
+            request = self._map_request(prepared, options, stream=True)
+            state = _StreamProgress()
+            with _converted_errors(self.profile.model, self.timeout, state, self._secrets):
+                chunks = self.client.post(
+                    _PATH,
+                    body=request,
+                    cast_to=object,
+                    options={"headers": headers},
+                    stream=True,
+                    stream_cls=_stream_classes()[0],
+                )
+                try:
+                    for chunk in chunks:
+                        yield state.feed(
+                            _process_chunk(chunk, self.profile.model), prepared.processor
+                        )
+                finally:
+                    # A consumer that stops early must not leave the connection half-read.
+                    chunks.close()
+            yield state.finish(prepared.processor, self.profile.model)
 
     async def astream(self, turns: Sequence[Turn], options: RequestOptions) -> AsyncIterator[Delta]:
         prepared = await aprepare(turns, options, self.profile, self.policy, stream=True)
-        request = self._map_request(prepared, options, stream=True)
-        state = _StreamProgress()
-        with _converted_errors(self.profile.model, self.timeout, state, self._secrets):
-            achunks = await self.async_client.post(
-                _PATH, body=request, cast_to=object, stream=True, stream_cls=_stream_classes()[1]
-            )
-            try:
-                async for chunk in achunks:
-                    yield state.feed(_process_chunk(chunk, self.profile.model), prepared.processor)
-            finally:
-                await achunks.close()
-        yield state.finish(prepared.processor, self.profile.model)
+        async with self._ahosted(prepared) as (prepared, headers):
+            request = self._map_request(prepared, options, stream=True)
+            state = _StreamProgress()
+            with _converted_errors(self.profile.model, self.timeout, state, self._secrets):
+                achunks = await self.async_client.post(
+                    _PATH,
+                    body=request,
+                    cast_to=object,
+                    options={"headers": headers},
+                    stream=True,
+                    stream_cls=_stream_classes()[1],
+                )
+                try:
+                    async for chunk in achunks:
+                        yield state.feed(
+                            _process_chunk(chunk, self.profile.model), prepared.processor
+                        )
+                finally:
+                    await achunks.close()
+            yield state.finish(prepared.processor, self.profile.model)
+
+    def _hosted(self, prepared: PreparedConversation) -> _Hosted:
+        """On the hosted catalog: its message rules, and large media as NVCF assets for
+        the duration of the call (``nemovlm.backends.assets``)."""
+        return hosted_call(
+            prepared,
+            settings=self.hosted,
+            profile=self.profile,
+            api_key=self.api_key,
+            client=self.client._client if self.hosted else None,
+            timeout=self.timeout,
+        )
+
+    def _ahosted(self, prepared: PreparedConversation) -> _AHosted:
+        return ahosted_call(
+            prepared,
+            settings=self.hosted,
+            profile=self.profile,
+            api_key=self.api_key,
+            client=self.async_client._client if self.hosted else None,
+            timeout=self.timeout,
+        )
 
     def _process_whole(self, completion: Any, prepared: PreparedConversation) -> Reply:
         replies = []

@@ -35,6 +35,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def start_nim_emulator(port: int = 0, host: str = "127.0.0.1") -> RunningServer:
-    """The emulated NIM, started in a background thread; stop it with ``.stop()``."""
-    return RunningServer(create_nim_app(), host=host, port=port).start()
+def start_nim_emulator(
+    port: int = 0, host: str = "127.0.0.1", *, hosted: bool = False
+) -> RunningServer:
+    """The emulated NIM, started in a background thread; stop it with ``.stop()``.
+    ``hosted``: it plays NVIDIA's hosted catalog (asset API, inline budget, message
+    rules; ``nemovlm.emulator.hosted``), with the NVCF assets endpoint at
+    ``url + "/v2/nvcf/assets"``."""
+    return RunningServer(create_nim_app(hosted=hosted), host=host, port=port).start()

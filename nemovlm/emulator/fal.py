@@ -176,6 +176,8 @@ class FalEmulatorState:
     files: dict[str, _StoredFile] = field(default_factory=dict)
     cdn_tokens: set[str] = field(default_factory=set)
     faults: deque[FaultKind] = field(default_factory=deque)
+    refuse_uploads: bool = False
+    """Storage refuses every upload (403), to test how an upload failure reads."""
     rate_limited: int = 0
     """Submissions refused with 429 (the ``429`` fault)."""
 
@@ -773,7 +775,15 @@ def _store(request: Request, data: bytes, content_type: str, name: str) -> str:
     return f"{_base(request)}/cdn/files/{file_id}/{safe}"
 
 
+def _refused_upload(request: Request) -> Response | None:
+    if not _state(request).refuse_uploads:
+        return None
+    return JSONResponse({"detail": f"{EMULATOR_TAG} storage refuses uploads"}, status_code=403)
+
+
 async def cdn_upload(request: Request) -> Response:
+    if (refused := _refused_upload(request)) is not None:
+        return refused
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme != "Bearer" or token.strip() not in _state(request).cdn_tokens:
         return JSONResponse({"detail": f"{EMULATOR_TAG} invalid CDN token"}, status_code=401)
@@ -787,7 +797,7 @@ async def cdn_upload(request: Request) -> Response:
 
 
 async def storage_initiate(request: Request) -> Response:
-    if (refused := _refuse_unauthorised(request)) is not None:
+    if (refused := _refuse_unauthorised(request) or _refused_upload(request)) is not None:
         return refused
     body = await _read_json(request)
     body = body if isinstance(body, dict) else {}
@@ -940,6 +950,19 @@ _FAL_CLIENT_URLS = (
 )
 
 
+def aim_at_exported_emulator() -> Callable[[], None] | None:
+    """After ``nemovlm emulator``'s exports (``FAL_QUEUE_RUN_HOST`` on loopback and
+    ``SSL_CERT_FILE``), send this process's fal uploads to that emulator as well: the
+    queue follows the exports by itself, fal-client's upload hosts cannot. Returns the
+    undo, or ``None`` when the environment names no local fal emulator."""
+    host = os.environ.get("FAL_QUEUE_RUN_HOST", "")
+    bundle = os.environ.get("SSL_CERT_FILE")
+    hostname = urlsplit(f"https://{host}").hostname if host else None
+    if not bundle or hostname not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    return aim_fal_client(f"https://{host}", bundle)
+
+
 def aim_fal_client(url: str, ca_bundle: Path | str) -> Callable[[], None]:
     """Point this process's fal-client at the emulator at ``url``; returns an undo.
 
@@ -989,6 +1012,7 @@ __all__ = [
     "FalEmulatorSettings",
     "FalEmulatorState",
     "FaultKind",
+    "aim_at_exported_emulator",
     "aim_fal_client",
     "create_fal_app",
     "diffusion_blocks",

@@ -65,6 +65,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as ASGIMessage
 from typing_extensions import assert_never
 
+from nemovlm.emulator.hosted import (
+    HostedError,
+    HostedState,
+    asset_bytes,
+    check_chat,
+    hold_if_armed,
+    hosted_routes,
+)
 from nemovlm.emulator.schema import Hint, SchemaError, hint_from_text, synthesize
 from nemovlm.media import read_video_info, sniff_format
 
@@ -267,6 +275,8 @@ class _Chat:
     reasoning: bool = False
     style: ReasoningStyle = "think_tags"
     hide_reasoning: bool = False
+    assets: Mapping[str, bytes] | None = None
+    """Hosted mode: the bytes of the NVCF assets the request refers to."""
 
     @property
     def last_user(self) -> _Turn | None:
@@ -305,10 +315,14 @@ class _Fault:
 # --- app -----------------------------------------------------------------------------
 
 
-def create_nim_app(*, recorded_requests: int = RECORDED_REQUESTS) -> Starlette:
-    """The emulated NIM as a Starlette app; serve it with ``RunningServer``."""
+def create_nim_app(
+    *, recorded_requests: int = RECORDED_REQUESTS, hosted: bool = False
+) -> Starlette:
+    """The emulated NIM as a Starlette app; serve it with ``RunningServer``. ``hosted``:
+    it plays NVIDIA's hosted catalog (``nemovlm.emulator.hosted``)."""
     app = Starlette(
         routes=[
+            *(hosted_routes() if hosted else []),
             Route("/v1/models", _list_models, methods=["GET"]),
             Route("/v1/health/ready", _health_ready, methods=["GET"]),
             Route("/v1/health/live", _health_live, methods=["GET"]),
@@ -321,6 +335,7 @@ def create_nim_app(*, recorded_requests: int = RECORDED_REQUESTS) -> Starlette:
     app.state.requests = deque(maxlen=recorded_requests)
     app.state.completion_ids = itertools.count(1)
     app.state.fault_counts = {}
+    app.state.hosted = HostedState() if hosted else None
     _quiet_aborted_streams()
     return app
 
@@ -420,7 +435,11 @@ async def _chat_completions(request: Request) -> Response:
             return _map_status_fault(request, fault.name)
         if not isinstance(body, dict):
             raise _BadRequest("The request body must be a JSON object.")
-        chat = await _process_chat(body, request)
+        assets = None
+        if request.app.state.hosted is not None:
+            assets = check_chat(body, request)
+            await hold_if_armed(request)
+        chat = await _process_chat(body, request, assets)
         content_fault = fault.name if fault is not None and fault.name in _CONTENT_FAULTS else None
         stall = fault.seconds if fault is not None and fault.name == "stall" else 0.0
         ident = f"chatcmpl-emu-{next(request.app.state.completion_ids)}"
@@ -428,6 +447,9 @@ async def _chat_completions(request: Request) -> Response:
         return _map_response(chat, replies, ident, content_fault, stall)
     except _BadRequest as exc:
         return _error(400, str(exc))
+    except HostedError as exc:
+        kind = {413: "PayloadTooLargeError", 422: "UnprocessableEntityError"}.get(exc.status)
+        return _error(exc.status, str(exc), kind or "BadRequestError")
     except Exception:  # the emulator's own bug: say so in the client's error
         logger.exception("nemovlm NIM emulator failed")
         return _error(500, "The NIM emulator failed; see its log.", "InternalServerError")
@@ -513,7 +535,9 @@ async def _wait_unless_disconnected(request: Request, seconds: float) -> None:
 # --- request in ----------------------------------------------------------------------
 
 
-async def _process_chat(body: dict[str, Any], request: Request) -> _Chat:
+async def _process_chat(
+    body: dict[str, Any], request: Request, assets: Mapping[str, bytes] | None = None
+) -> _Chat:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _BadRequest(f"'model' is required: the model id, one of {sorted(RULES)}.")
@@ -541,6 +565,7 @@ async def _process_chat(body: dict[str, Any], request: Request) -> _Chat:
         max_num_tiles=_process_tiles(body.get("mm_processor_kwargs")),
         chunk_size=_process_chunk_size(request),
         n=_process_n(body.get("n")),
+        assets=assets,
     )
     chat.logprobs, chat.top_logprobs = _process_logprobs(body)
     for index, message in enumerate(messages):
@@ -744,8 +769,11 @@ async def _process_text(text: str, where: str, role: str, chat: _Chat) -> list[_
     return parts
 
 
-async def _load_media(url: str, where: str) -> bytes | None:
+async def _load_media(url: str, where: str, chat: _Chat) -> bytes | None:
     """The bytes behind a media URL; ``None`` for a remote URL the emulator won't fetch."""
+    stored = asset_bytes(url, chat.assets, where)
+    if stored is not None:
+        return stored
     if url.startswith("data:"):
         return _decode_data_url(url, where)
     parts = urlsplit(url)
@@ -782,9 +810,10 @@ def _decode_data_url(url: str, where: str) -> bytes:
 
 
 async def _process_image(url: str, where: str, chat: _Chat) -> _Part:
-    data = await _load_media(url, where)
+    data = await _load_media(url, where, chat)
     if data is None:
         return _Part("image", "remote image (not fetched by the emulator)")
+    source = " (NVCF asset)" if ";asset_id," in url[:80] else ""
     try:
         with Image.open(io.BytesIO(data)) as image:
             fmt, (width, height) = (image.format or "unknown").lower(), image.size
@@ -802,16 +831,17 @@ async def _process_image(url: str, where: str, chat: _Chat) -> _Part:
             f"{where}: image format {fmt.upper()} is not supported by {chat.model}; "
             f"supported: {names}. Convert the image first."
         )
-    return _Part("image", f"{fmt} {width}x{height}")
+    return _Part("image", f"{fmt} {width}x{height}{source}")
 
 
 async def _process_video(url: str, where: str, chat: _Chat, sampling: _Sampling) -> _Part:
     accepted = chat.rules.video_formats
     if accepted is not None and not accepted:
         raise _BadRequest(f"{where}: video input is not supported by {chat.model}; send images.")
-    data = await _load_media(url, where)
+    data = await _load_media(url, where, chat)
     if data is None:
         return _Part("video", "remote video (not fetched by the emulator)")
+    source = " (NVCF asset)" if ";asset_id," in url[:80] else ""
     fmt = sniff_format(data) or "unknown"
     if accepted is not None and fmt not in accepted:
         names = ", ".join(sorted(f.upper() for f in accepted))
@@ -830,7 +860,7 @@ async def _process_video(url: str, where: str, chat: _Chat, sampling: _Sampling)
     rate = f" {info.fps:g} fps" if info.fps else ""
     described = (
         f"{fmt} {info.duration_s:.1f}s {info.width}x{info.height}{rate}, "
-        f"{frames} frames sampled ({how})"
+        f"{frames} frames sampled ({how}){source}"
     )
     return _Part("video", described, frames)
 
