@@ -21,7 +21,6 @@ SSE parsing and error types are still the SDK's.
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import os
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -29,7 +28,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-import httpx
 from pydantic import SecretStr
 from typing_extensions import assert_never
 
@@ -40,6 +38,7 @@ from nemovlm.errors import (
     RateLimitError,
     RequestError,
     RequestTimeoutError,
+    http_errors,
     openai_classes,
 )
 from nemovlm.media import MediaPolicy, PreparedMedia
@@ -568,20 +567,6 @@ def _stream_classes() -> tuple[Any, Any]:
     return openai.Stream[object], openai.AsyncStream[object]
 
 
-@functools.cache
-def _http_errors(*names: str) -> tuple[type[Exception], ...]:
-    """The named exception classes of httpx and, where installed, of httpx2 (the fork
-    openai 3.x speaks through), so transport errors are caught whichever is in use.
-    Looked up on the first error (an ``except`` clause is evaluated only then), so
-    importing this module does not import httpx2."""
-    modules: list[Any] = [httpx]
-    try:
-        modules.append(importlib.import_module("httpx2"))
-    except ImportError:
-        pass
-    return tuple(getattr(module, name) for module in modules for name in names)
-
-
 _BROKEN_CONNECTION = ("RemoteProtocolError", "ReadError")
 _HTTP_TIMEOUTS = ("TimeoutException",)
 
@@ -613,7 +598,7 @@ def _converted_errors(
         cause = exc.__cause__
         # The SDK reports a connection cut mid-reply as a connection error too; but the
         # server was reached, and what it sent is a broken answer.
-        broken = _http_errors(*_BROKEN_CONNECTION)
+        broken = http_errors(*_BROKEN_CONNECTION)
         if (stream is not None and stream.started) or isinstance(cause, broken):
             raise IncompleteResponseError(
                 f"The reply from {model} broke off before it was complete ({cause or exc}): "
@@ -628,12 +613,12 @@ def _converted_errors(
         raise IncompleteResponseError(
             f"The server's reply for {model} did not have the expected shape: {exc}"
         ) from exc
-    except _http_errors(*_BROKEN_CONNECTION) as exc:
+    except http_errors(*_BROKEN_CONNECTION) as exc:
         raise IncompleteResponseError(
             f"The connection to the server broke mid-reply ({model}): {exc}. "
             "The answer is incomplete; retry the request."
         ) from exc
-    except _http_errors(*_HTTP_TIMEOUTS) as exc:
+    except http_errors(*_HTTP_TIMEOUTS) as exc:
         raise RequestTimeoutError(
             f"{model} went quiet for longer than timeout={timeout} s mid-reply: raise the "
             "model's `timeout` setting, or check the server."

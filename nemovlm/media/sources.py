@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
-import importlib
 import os
 import re
 from collections.abc import Hashable
@@ -20,7 +18,7 @@ from urllib.request import url2pathname
 
 import httpx
 
-from nemovlm.errors import UnsupportedInputError
+from nemovlm.errors import UnsupportedInputError, http_errors
 from nemovlm.media.cache import DATA_URLS, content_key
 from nemovlm.media.formats import IMAGE_FORMATS, VIDEO_FORMATS, mime_type_for, sniff_format
 from nemovlm.messages import MediaKind, MediaPart
@@ -331,12 +329,12 @@ def fetch_remote(url: str, policy: MediaPolicy, part: MediaPart) -> bytes:
                 if total > cap:
                     raise UnsupportedInputError(too_big)
                 chunks.append(chunk)
-    except _http_errors("TimeoutException") as exc:
+    except http_errors("TimeoutException") as exc:
         raise UnsupportedInputError(
             f"Fetching the {part.describe()} timed out after {policy.remote_timeout} s "
             "(MediaPolicy.remote_timeout); raise it or send the bytes."
         ) from exc
-    except _http_errors("HTTPError") as exc:
+    except http_errors("HTTPError") as exc:
         raise UnsupportedInputError(
             f"Fetching the {part.describe()} failed ({type(exc).__name__}: {exc}); "
             "check the URL or send the bytes."
@@ -345,16 +343,3 @@ def fetch_remote(url: str, policy: MediaPolicy, part: MediaPart) -> bytes:
         if own_client:
             client.close()
     return b"".join(chunks)
-
-
-@functools.cache
-def _http_errors(name: str) -> tuple[type[Exception], ...]:
-    """The exception class ``name`` of httpx and, where installed, of httpx2 (the fork
-    openai 3.x speaks through), so a user's client of either kind fails cleanly.
-    Looked up on the first error, so importing this module does not import httpx2."""
-    classes: list[type[Exception]] = [getattr(httpx, name)]
-    try:
-        classes.append(getattr(importlib.import_module("httpx2"), name))
-    except ImportError:
-        pass
-    return tuple(classes)
