@@ -74,6 +74,7 @@ def _media_field(profile: ModelProfile) -> str | None:
 
 def with_diffusion_settings(
     options: RequestOptions,
+    profile: ModelProfile,
     *,
     num_inference_steps: int | None = None,
     block_length: int | None = None,
@@ -90,8 +91,8 @@ def with_diffusion_settings(
         "threshold": threshold,
     }
     defaults = {k: v for k, v in fields.items() if v is not None}
-    # The adapters' call names no model; the alias is the diffusion app's (profiles).
-    if StepSchedule.alias in options.extra:
+    alias = profile.step_schedule.alias if profile.step_schedule else None
+    if alias is not None and alias in options.extra:
         defaults.pop("num_inference_steps", None)
     return replace(options, extra={**defaults, **options.extra})
 
