@@ -36,6 +36,9 @@ class StepSchedule:
     """Steps the app uses when none are sent; the core rounds it up to fit the rule."""
     default_block_length: int = 32
     """``block_length`` the app uses when none is sent."""
+    default_max_tokens: int = 512
+    """``max_tokens`` the blocks are counted for when neither the call nor the
+    profile's ``default_max_tokens`` gives one (the diffusion app's 512)."""
     alias: str | None = "inference_steps"
     """Another name the app accepts for ``num_inference_steps``."""
 

@@ -436,7 +436,7 @@ def _map_params(options: RequestOptions, profile: ModelProfile) -> dict[str, Any
     extra = dict(options.extra)
     schedule = profile.step_schedule
     if schedule is not None:
-        max_tokens = options.max_tokens or profile.default_max_tokens or 512
+        max_tokens = options.max_tokens or profile.default_max_tokens or schedule.default_max_tokens
         extra = _map_steps(extra, max_tokens, schedule, profile)
     params.update(extra)
     return params
