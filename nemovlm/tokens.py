@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image
+from typing_extensions import assert_never
 
 from nemovlm.media import read_video_info
 from nemovlm.media.sources import parse_data_url
@@ -130,6 +131,8 @@ def image_tokens(
 def _media_tokens(part: MediaPart, profile: ModelProfile, options: RequestOptions) -> int:
     if part.kind == "image":
         return image_tokens(_image_size(part), profile, options.max_num_tiles)
+    if part.kind != "video":
+        assert_never(part.kind)
     per_frame = profile.tokens_per_tile  # a frame is one tile (or one untiled image)
     limit = profile.max_video_frames
     if options.video_num_frames is not None:

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import asyncio
 
+from typing_extensions import assert_never
+
 from nemovlm.media.cache import MediaCacheInfo, cache_info, clear_cache, set_cache_limits
 from nemovlm.media.formats import IMAGE_FORMATS, VIDEO_FORMATS, mime_type_for, sniff_format
 from nemovlm.media.images import prepare_image
@@ -86,7 +88,9 @@ def prepare_media(
     """
     if part.kind == "image":
         return prepare_image(part, profile, policy)
-    return prepare_video(part, profile)
+    if part.kind == "video":
+        return prepare_video(part, profile)
+    assert_never(part.kind)
 
 
 async def aprepare_media(
