@@ -16,6 +16,7 @@ costs more than importing all of this package, and a model object needs none of 
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
@@ -74,6 +75,20 @@ class RequestTimeoutError(NemoVLMError, TimeoutError):
 
 class IncompleteResponseError(NemoVLMError):
     """A stream broke off, or a reply lacked what every reply must have."""
+
+
+@functools.cache
+def http_errors(*names: str) -> tuple[type[Exception], ...]:
+    """The named exception classes of httpx and, where installed, of httpx2 (the fork
+    openai 3.x speaks through), so transport errors are caught whichever client is in
+    use. Called in an ``except`` clause, which is evaluated only on an error, so
+    importing a module that uses it does not import httpx2."""
+    modules: list[Any] = [importlib.import_module("httpx")]
+    try:
+        modules.append(importlib.import_module("httpx2"))
+    except ImportError:
+        pass
+    return tuple(getattr(module, name) for module in modules for name in names)
 
 
 # --- the openai SDK's classes ----------------------------------------------------------

@@ -255,14 +255,18 @@ def _check_media_counts(turns: list[PreparedTurn], profile: ModelProfile) -> Non
             f"{profile.model} takes {_count(profile.max_videos, 'video')} per request; "
             f"this conversation has {videos}. Send one video per call."
         )
-    if profile.requires == "image" and images == 0:
-        raise UnsupportedInputError(
-            f"{profile.model} needs exactly one image with the prompt: add an image part."
-        )
-    if profile.requires == "video" and videos == 0:
-        raise UnsupportedInputError(
-            f"{profile.model} needs exactly one video with the prompt: add a video part."
-        )
+    if profile.requires == "image":
+        if images == 0:
+            raise UnsupportedInputError(
+                f"{profile.model} needs exactly one image with the prompt: add an image part."
+            )
+    elif profile.requires == "video":
+        if videos == 0:
+            raise UnsupportedInputError(
+                f"{profile.model} needs exactly one video with the prompt: add a video part."
+            )
+    elif profile.requires is not None:
+        assert_never(profile.requires)
 
 
 def _count(n: int, noun: str) -> str:

@@ -36,6 +36,9 @@ class StepSchedule:
     """Steps the app uses when none are sent; the core rounds it up to fit the rule."""
     default_block_length: int = 32
     """``block_length`` the app uses when none is sent."""
+    default_max_tokens: int = 512
+    """``max_tokens`` the blocks are counted for when neither the call nor the
+    profile's ``default_max_tokens`` gives one (the diffusion app's 512)."""
     alias: str | None = "inference_steps"
     """Another name the app accepts for ``num_inference_steps``."""
 
@@ -84,6 +87,12 @@ class ModelProfile:
     max_tiles: int | None = None
     """Most tiles the model uses for one image; with ``tile_size`` it bounds the
     pixels worth sending (client-side downscale)."""
+    tokens_per_tile: int = 256
+    """Prompt tokens one image tile costs (one whole image, or one video frame, when the
+    model does not tile), for offline estimates (``nemovlm.tokens``). Default 256: a
+    512x512 tile is 1024 patches of 16 px merged 2x2, and the seed's example
+    (seeds/nim-llama-3.1-nemotron-nano-vl-8b-v1.md: 3372 prompt tokens for one large
+    4:3 image) is 13 tiles x 256 + 44; Gemma-family encoders also use 256 per image."""
     max_video_seconds: float | None = None
     max_video_height: int | None = None
     hosted_inline_budget: int = 180_000

@@ -313,6 +313,7 @@ class FalSettings(CommonSettings):
 
         return with_diffusion_settings(
             super().request_options(overrides, extra=extra, stop=stop),
+            self.nemo_profile,
             num_inference_steps=self.num_inference_steps,
             block_length=self.block_length,
             threshold=self.threshold,

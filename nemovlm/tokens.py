@@ -11,10 +11,11 @@ downloaded: no tokenizer vocabulary, no remote image. The result is an **estimat
   ``max_tiles``): the tiles the model cuts the image into (InternVL-style dynamic
   tiling: the grid whose shape is closest to the image's, at most ``max_tiles`` or
   ``max_num_tiles`` tiles, plus a thumbnail tile when there is more than one), each
-  ``TOKENS_PER_TILE`` tokens. The seed's example for Llama Nemotron Nano VL 8B shows
-  it: one large 4:3 image and a 20-word question cost 3372 prompt tokens, which is 13
-  tiles x 256 + 44. An image whose size cannot be read without a download (an http
-  URL) counts as the largest grid; models without a tiling use ``TOKENS_PER_IMAGE``;
+  ``ModelProfile.tokens_per_tile`` tokens (default 256). The seed's example for Llama
+  Nemotron Nano VL 8B shows it: one large 4:3 image and a 20-word question cost 3372
+  prompt tokens, which is 13 tiles x 256 + 44. An image whose size cannot be read
+  without a download (an http URL) counts as the largest grid; models without a tiling
+  count one tile per image;
 - videos: one tile per sampled frame (the model's default 2 frames per second, or
   ``video_fps`` / ``video_num_frames``, at most 128 frames); a video whose length
   cannot be read counts as 128 frames.
@@ -30,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image
+from typing_extensions import assert_never
 
 from nemovlm.media import read_video_info
 from nemovlm.media.sources import parse_data_url
@@ -37,11 +39,6 @@ from nemovlm.messages import MediaPart, ToolSpec, Turn
 from nemovlm.options import RequestOptions
 from nemovlm.profiles import ModelProfile
 
-TOKENS_PER_TILE = 256
-"""A 512x512 tile is 1024 patches of 16 px, merged 2x2 (pixel shuffle): 256 tokens
-(both tiled NIM models; the seed's 3372-token example matches it)."""
-TOKENS_PER_IMAGE = 256
-"""An image for a model without a known tiling (Gemma-family encoders use 256)."""
 TOKENS_PER_MESSAGE = 4
 """Role header and end-of-turn markers of the chat template."""
 REPLY_PRIMING = 3
@@ -122,18 +119,21 @@ def image_tokens(
     size: tuple[int, int] | None, profile: ModelProfile, max_num_tiles: int | None = None
 ) -> int:
     """Tokens of one image of ``size`` (``None``: unknown, counted as the largest grid)."""
+    per_tile = profile.tokens_per_tile
     if not (profile.tile_size and profile.max_tiles):
-        return TOKENS_PER_IMAGE
+        return per_tile
     limit = max_num_tiles or profile.max_tiles
     if size is None or min(size) < 1:
-        return (limit + 1 if limit > 1 else 1) * TOKENS_PER_TILE
-    return image_tiles(size[0], size[1], limit) * TOKENS_PER_TILE
+        return (limit + 1 if limit > 1 else 1) * per_tile
+    return image_tiles(size[0], size[1], limit) * per_tile
 
 
 def _media_tokens(part: MediaPart, profile: ModelProfile, options: RequestOptions) -> int:
     if part.kind == "image":
         return image_tokens(_image_size(part), profile, options.max_num_tiles)
-    per_frame = TOKENS_PER_TILE if profile.tile_size else TOKENS_PER_IMAGE
+    if part.kind != "video":
+        assert_never(part.kind)
+    per_frame = profile.tokens_per_tile  # a frame is one tile (or one untiled image)
     limit = profile.max_video_frames
     if options.video_num_frames is not None:
         return min(options.video_num_frames, limit) * per_frame

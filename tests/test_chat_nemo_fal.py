@@ -173,6 +173,11 @@ def test_call_kwargs_override_the_fields(emulator: FalEmulator) -> None:
     assert sent(emulator)["num_inference_steps"] == 32
 
 
+def test_the_profiles_step_alias_per_call_overrides_the_field(emulator: FalEmulator) -> None:
+    chat(DIFFUSION, num_inference_steps=512).invoke(about_image(), inference_steps=32)
+    assert sent(emulator)["num_inference_steps"] == 32
+
+
 def test_a_step_count_that_breaks_the_rule_is_a_clear_error(emulator: FalEmulator) -> None:
     with pytest.raises(UnsupportedInputError, match="multiple of 16"):
         chat(DIFFUSION, num_inference_steps=100).invoke(about_image())

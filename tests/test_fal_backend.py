@@ -226,6 +226,15 @@ def test_the_default_steps_come_from_the_profiles_step_schedule(
     assert sent(emulator)["num_inference_steps"] == 112  # 100 rounded up to 16 blocks
 
 
+def test_without_a_profile_max_tokens_the_blocks_count_for_the_schedules_own(
+    emulator: FalEmulator,
+) -> None:
+    schedule = StepSchedule(default_steps=100, default_max_tokens=1024)
+    profile = {"step_schedule": schedule, "default_max_tokens": None}
+    backend(DIFFUSION_VLM, profile).complete(ask(), options())
+    assert sent(emulator)["num_inference_steps"] == 128  # 100 rounded up to 32 blocks
+
+
 def test_explicit_steps_that_break_the_rule_are_refused_naming_both_numbers(
     diffusion: FalBackend,
 ) -> None:

@@ -600,6 +600,12 @@ def test_a_model_without_a_tiling_counts_a_flat_image() -> None:
     )
 
 
+def test_a_profiles_tokens_per_tile_prices_each_tile_and_frame() -> None:
+    profile = get_profile(NANO_12B, {"tokens_per_tile": 100})
+    assert image_tokens((2048, 1536), profile) == 13 * 100
+    assert image_tokens((512, 512), get_profile(GEMMA, {"tokens_per_tile": 64})) == 64
+
+
 def test_a_video_counts_its_sampled_frames() -> None:
     from nemovlm.samples import make_mp4
 

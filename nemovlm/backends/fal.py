@@ -77,6 +77,7 @@ def _media_field(profile: ModelProfile) -> str | None:
 
 def with_diffusion_settings(
     options: RequestOptions,
+    profile: ModelProfile,
     *,
     num_inference_steps: int | None = None,
     block_length: int | None = None,
@@ -93,8 +94,8 @@ def with_diffusion_settings(
         "threshold": threshold,
     }
     defaults = {k: v for k, v in fields.items() if v is not None}
-    # The adapters' call names no model; the alias is the diffusion app's (profiles).
-    if StepSchedule.alias in options.extra:
+    alias = profile.step_schedule.alias if profile.step_schedule else None
+    if alias is not None and alias in options.extra:
         defaults.pop("num_inference_steps", None)
     return replace(options, extra={**defaults, **options.extra})
 
@@ -482,7 +483,7 @@ def _map_params(options: RequestOptions, profile: ModelProfile) -> dict[str, Any
     extra = dict(options.extra)
     schedule = profile.step_schedule
     if schedule is not None:
-        max_tokens = options.max_tokens or profile.default_max_tokens or 512
+        max_tokens = options.max_tokens or profile.default_max_tokens or schedule.default_max_tokens
         extra = _map_steps(extra, max_tokens, schedule, profile)
     params.update(extra)
     return params

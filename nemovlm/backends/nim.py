@@ -21,7 +21,6 @@ SSE parsing and error types are still the SDK's.
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import os
 import time
@@ -43,6 +42,7 @@ from nemovlm.errors import (
     RateLimitError,
     RequestError,
     RequestTimeoutError,
+    http_errors,
     openai_classes,
 )
 from nemovlm.hosted import HostedMedia, HostedSettings, decide_hosted, default_assets_url
@@ -745,20 +745,6 @@ def _stream_classes() -> tuple[Any, Any]:
     return openai.Stream[object], openai.AsyncStream[object]
 
 
-@functools.cache
-def _http_errors(*names: str) -> tuple[type[Exception], ...]:
-    """The named exception classes of httpx and, where installed, of httpx2 (the fork
-    openai 3.x speaks through), so transport errors are caught whichever is in use.
-    Looked up on the first error (an ``except`` clause is evaluated only then), so
-    importing this module does not import httpx2."""
-    modules: list[Any] = [httpx]
-    try:
-        modules.append(importlib.import_module("httpx2"))
-    except ImportError:
-        pass
-    return tuple(getattr(module, name) for module in modules for name in names)
-
-
 _BROKEN_CONNECTION = ("RemoteProtocolError", "ReadError")
 _HTTP_TIMEOUTS = ("TimeoutException",)
 
@@ -810,7 +796,7 @@ def _converted(model: str, timeout: float | None, stream: _StreamProgress | None
         cause = exc.__cause__
         # The SDK reports a connection cut mid-reply as a connection error too; but the
         # server was reached, and what it sent is a broken answer.
-        broken = _http_errors(*_BROKEN_CONNECTION)
+        broken = http_errors(*_BROKEN_CONNECTION)
         if (stream is not None and stream.started) or isinstance(cause, broken):
             raise IncompleteResponseError(
                 f"The reply from {model} broke off before it was complete ({cause or exc}): "
@@ -828,12 +814,12 @@ def _converted(model: str, timeout: float | None, stream: _StreamProgress | None
     except openai.APIError as exc:
         # The SDK raises its base error for an error object inside a stream.
         raise _process_error(exc.body if exc.body is not None else exc.message, model) from exc
-    except _http_errors(*_BROKEN_CONNECTION) as exc:
+    except http_errors(*_BROKEN_CONNECTION) as exc:
         raise IncompleteResponseError(
             f"The reply from {model} broke off before it was complete ({exc}): "
             "the answer is incomplete. Retry the request."
         ) from exc
-    except _http_errors(*_HTTP_TIMEOUTS) as exc:
+    except http_errors(*_HTTP_TIMEOUTS) as exc:
         raise RequestTimeoutError(
             f"{model} went quiet for longer than timeout={timeout} s mid-reply: raise the "
             "model's `timeout` setting, or check the server."

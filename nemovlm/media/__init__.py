@@ -33,6 +33,8 @@ own fetch of a remote image), ``worker`` (off the event loop, cancellation), ``i
 
 from __future__ import annotations
 
+from typing_extensions import assert_never
+
 from nemovlm.media.cache import MediaCacheInfo, cache_info, clear_cache, set_cache_limits
 from nemovlm.media.formats import IMAGE_FORMATS, VIDEO_FORMATS, mime_type_for, sniff_format
 from nemovlm.media.images import needs_fetch, prepare_image
@@ -95,7 +97,9 @@ def prepare_media(
     check_cancelled()
     if part.kind == "image":
         return prepare_image(part, profile, policy)
-    return prepare_video(part, profile, policy)
+    if part.kind == "video":
+        return prepare_video(part, profile, policy)
+    assert_never(part.kind)
 
 
 async def aprepare_media(

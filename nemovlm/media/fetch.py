@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import importlib
 import ipaddress
 import socket
 import threading
@@ -28,7 +27,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from nemovlm.errors import UnsupportedInputError
+from nemovlm.errors import UnsupportedInputError, http_errors
 from nemovlm.media import worker
 from nemovlm.media.sources import MediaPolicy
 from nemovlm.messages import MediaPart
@@ -224,11 +223,11 @@ def _fetch(
                     body.add(chunk)
                 return body.value()
         raise _too_many_redirects(part)
-    except _http_errors("TimeoutException") as exc:
+    except http_errors("TimeoutException") as exc:
         raise _timed_out(part, policy) from exc
     except _Deadline as exc:
         raise _timed_out(part, policy) from exc
-    except _http_errors("HTTPError") as exc:
+    except http_errors("HTTPError") as exc:
         raise _failed(part, exc) from exc
     finally:
         if own_client:
@@ -260,9 +259,9 @@ async def _afetch(url: str, policy: MediaPolicy, part: MediaPart, deadline: floa
         return await asyncio.wait_for(run(), _left(deadline))
     except asyncio.TimeoutError as exc:
         raise _timed_out(part, policy) from exc
-    except _http_errors("TimeoutException") as exc:
+    except http_errors("TimeoutException") as exc:
         raise _timed_out(part, policy) from exc
-    except _http_errors("HTTPError") as exc:
+    except http_errors("HTTPError") as exc:
         raise _failed(part, exc) from exc
 
 
@@ -351,16 +350,3 @@ def _failed(part: MediaPart, exc: Exception) -> UnsupportedInputError:
         f"Fetching the {part.describe()} failed ({type(exc).__name__}: {exc}); "
         "check the URL or send the bytes."
     )
-
-
-@functools.cache
-def _http_errors(name: str) -> tuple[type[Exception], ...]:
-    """The exception class ``name`` of httpx and, where installed, of httpx2 (the fork
-    openai 3.x speaks through), so a user's client of either kind fails cleanly.
-    Looked up on the first error, so importing this module does not import httpx2."""
-    classes: list[type[Exception]] = [getattr(httpx, name)]
-    try:
-        classes.append(getattr(importlib.import_module("httpx2"), name))
-    except ImportError:
-        pass
-    return tuple(classes)

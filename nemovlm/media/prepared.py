@@ -7,6 +7,8 @@ import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing_extensions import assert_never
+
 from nemovlm.errors import UnsupportedInputError
 from nemovlm.media.mp4 import VideoInfo
 from nemovlm.media.sources import to_data_url
@@ -73,12 +75,16 @@ def _accepts_summary(profile: ModelProfile) -> str:
     return ", ".join(bits)
 
 
+def _accepts(profile: ModelProfile, kind: MediaKind) -> bool:
+    if kind == "image":
+        return profile.accepts_images
+    if kind == "video":
+        return profile.accepts_video
+    assert_never(kind)
+
+
 def refuse_kind(part: MediaPart, profile: ModelProfile) -> UnsupportedInputError:
-    takers = [
-        p.model
-        for p in PROFILES.values()
-        if (p.accepts_images if part.kind == "image" else p.accepts_video)
-    ]
+    takers = [p.model for p in PROFILES.values() if _accepts(p, part.kind)]
     hint = f" Models that take {part.kind}s include {', '.join(takers[:3])}." if takers else ""
     return UnsupportedInputError(
         f"{model_label(profile)} accepts no {part.kind} input (it accepts "
