@@ -19,6 +19,7 @@ import openai
 import pytest
 
 from nemovlm.cli import main
+from nemovlm.errors import UnsupportedInputError
 from nemovlm.emulator.fal import start_fal_emulator
 from nemovlm.samples import make_chart, make_mp4
 
@@ -153,14 +154,14 @@ def test_an_error_is_one_line_without_a_traceback(
     code, out, err = run(argv, capsys)
     assert code == 1
     assert err.count("\n") == 1
-    assert err.startswith("nemovlm: error: FileNotFoundError: No such image file")
+    assert err.startswith("nemovlm: error: UnsupportedInputError: No such file to send")
     assert "--debug" in err
     assert "Traceback" not in err + out
 
 
 def test_debug_lets_the_error_through_with_its_traceback(nim_url: str) -> None:
     argv = ["--debug", "ask", NANO_12B, "q", "--image", "/no/such/chart.png"]
-    with pytest.raises(FileNotFoundError, match="No such image file"):
+    with pytest.raises(UnsupportedInputError, match="No such file to send"):
         main([*argv, "--base-url", nim_url])
 
 
