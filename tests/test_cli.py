@@ -19,8 +19,8 @@ import openai
 import pytest
 
 from nemovlm.cli import main
-from nemovlm.errors import UnsupportedInputError
 from nemovlm.emulator.fal import start_fal_emulator
+from nemovlm.errors import UnsupportedInputError
 from nemovlm.samples import make_chart, make_mp4
 
 FIVE_MODELS = (

@@ -215,7 +215,10 @@ async def user_turn(
     media first where the model wants it). Files are read in a worker thread."""
     if not prompt:
         raise UnsupportedInputError("This row has no prompt: give one to the job or the row.")
-    part = await asyncio.to_thread(media_part, value, profile, kind)
+    if isinstance(value, str) and is_url(value):
+        part = media_part(value, profile, kind)  # nothing to read
+    else:
+        part = await asyncio.to_thread(media_part, value, profile, kind)
     return Turn("user", [TextPart(prompt), part])
 
 

@@ -115,6 +115,7 @@ def _walk(root: Path, prompt: str | None, stats: InputStats) -> Iterator[Row]:
 
 def _manifest(path: Path, prompt: str | None) -> Iterator[Row]:
     records = _jsonl_records(path) if path.suffix.lower() == ".jsonl" else _csv_records(path)
+    folder = str(path.parent)
     warned = False
     for where, record in records:
         if isinstance(record, str):  # a line that did not parse
@@ -129,11 +130,11 @@ def _manifest(path: Path, prompt: str | None) -> Iterator[Row]:
                 stacklevel=2,
             )
             warned = True
-        yield _manifest_row(path, where, record, extra, prompt)
+        yield _manifest_row(folder, where, record, extra, prompt)
 
 
 def _manifest_row(
-    manifest: Path, where: str, record: Mapping[str, Any], extra: dict[str, Any], prompt: str | None
+    folder: str, where: str, record: Mapping[str, Any], extra: dict[str, Any], prompt: str | None
 ) -> Row:
     given = [c for c in INPUT_COLUMNS if record.get(c) not in (None, "")]
     own_prompt = record.get("prompt")
@@ -153,7 +154,8 @@ def _manifest_row(
     kind: MediaKind | None = (
         "image" if column == "image" else "video" if column == "video" else None
     )
-    source: str | Path = value if is_url(value) else manifest.parent / Path(value).expanduser()
+    # Plain string joins: a Path per row costs more than the rest of reading it.
+    source = value if is_url(value) else os.path.join(folder, os.path.expanduser(value))
     row_id = str(raw_id) if raw_id not in (None, "") else value
     return Row(row_id, value, row_prompt, source, kind, extra)
 

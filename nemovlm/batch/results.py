@@ -13,6 +13,7 @@ import json
 import os
 import sqlite3
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -34,6 +35,9 @@ class ResultFile:
         self._ids.execute("PRAGMA journal_mode=OFF")
         self._ids.execute("PRAGMA synchronous=OFF")
         self._ids.execute("CREATE TABLE ids (id TEXT PRIMARY KEY, earlier INTEGER)")
+        # One transaction for the table's life: nothing needs to survive a crash, and a
+        # commit per row would cost more than the lookup.
+        self._ids.execute("BEGIN")
         self._file: IO[str] | None = None
 
     def open(self) -> ResultFile:
@@ -48,17 +52,19 @@ class ResultFile:
         return self
 
     def _resume(self) -> None:
-        dropped = 0
+        self._ids.executemany("INSERT OR IGNORE INTO ids VALUES (?, 1)", self._answered_ids())
+        if self.retried and not self.dry_run:
+            self._rewrite_without_failures()
+
+    def _answered_ids(self) -> Iterator[tuple[str]]:
+        """The ids the file answers, streamed; counts the rows to try again."""
         with self.path.open(encoding="utf-8", errors="replace") as file:
             for line in file:
                 row = _parse(line)
                 if row is None or row.get("error") is not None or "id" not in row:
-                    dropped += 1
-                    continue
-                self._ids.execute("INSERT OR IGNORE INTO ids VALUES (?, 1)", (_key(row["id"]),))
-        self.retried = dropped
-        if dropped and not self.dry_run:
-            self._rewrite_without_failures()
+                    self.retried += 1
+                else:
+                    yield (_key(row["id"]),)
 
     def _rewrite_without_failures(self) -> None:
         fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", dir=self.path.parent)
@@ -79,11 +85,11 @@ class ResultFile:
     def claim(self, row_id: str) -> Claim:
         """``new`` (send it), ``done`` (answered by an earlier run) or ``duplicate`` (an
         earlier row of this run has the same id)."""
-        cursor = self._ids.execute("INSERT OR IGNORE INTO ids VALUES (?, 0)", (row_id,))
-        if cursor.rowcount == 1:
+        found = self._ids.execute("SELECT earlier FROM ids WHERE id = ?", (row_id,)).fetchone()
+        if found is None:
+            self._ids.execute("INSERT INTO ids VALUES (?, 0)", (row_id,))
             return "new"
-        (earlier,) = self._ids.execute("SELECT earlier FROM ids WHERE id = ?", (row_id,)).fetchone()
-        return "done" if earlier else "duplicate"
+        return "done" if found[0] else "duplicate"
 
     def write(self, row: dict[str, Any]) -> None:
         if self._file is None:
