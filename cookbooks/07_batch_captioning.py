@@ -162,6 +162,7 @@ if ray is not None:
                 "concurrency": 8,
             },
             compute=ray.data.ActorPoolStrategy(size=2),
+            num_cpus=0.5,  # the actors wait on the network; leave CPUs for reading
             batch_size=50,
         )
         .drop_columns(["image"])

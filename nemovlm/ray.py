@@ -11,7 +11,8 @@
         fn_constructor_kwargs={"model": "nvidia/nemotron-nano-12b-v2-vl",
                                "prompt": "Caption this image.",
                                "base_url": "http://nim:8000/v1"},
-        concurrency=4,        # actors
+        compute=ray.data.ActorPoolStrategy(size=4),   # actors
+        num_cpus=0.25,        # they wait on the network; leave CPUs for reading
         batch_size=16,
     )
     captions.write_parquet("captions/")

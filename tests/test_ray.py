@@ -58,6 +58,7 @@ def predict(dataset: Any, nim: RunningServer, **settings: Any) -> list[dict[str,
         NemoVLMPredictor,
         fn_constructor_kwargs=kwargs,
         compute=ray.data.ActorPoolStrategy(size=2),
+        num_cpus=0.5,  # or two actors hold both CPUs and the read tasks never run
         batch_size=4,
     ).take_all()
 
