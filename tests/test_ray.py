@@ -63,24 +63,19 @@ def predict(dataset: Any, nim: RunningServer, **settings: Any) -> list[dict[str,
     ).take_all()
 
 
-def test_every_row_is_answered_and_a_bad_row_gets_an_error(
-    local_ray: None, nim: RunningServer, tmp_path: Path
+def test_every_row_of_bytes_is_answered_and_a_bad_row_gets_an_error(
+    local_ray: None, nim: RunningServer
 ) -> None:
-    on_disk = tmp_path / "tile.png"
-    on_disk.write_bytes(make_image(40, 30))
     items = [
         {"id": f"b{i}", "image": make_image(32, 32, text=str(i)), "prompt": f"caption #{i}"}
         for i in range(9)
     ]
-    items.append({"id": "path", "image": str(on_disk), "prompt": "caption from a path"})
     items.append({"id": "bad", "image": b"not an image", "prompt": "never sent"})
 
     rows = {r["id"]: r for r in predict(ray.data.from_items(items), nim)}
 
     assert set(rows) == {item["id"] for item in items}
-    assert sorted(prompts_received(nim)) == sorted(
-        [f"caption #{i}" for i in range(9)] + ["caption from a path"]
-    )
+    assert sorted(prompts_received(nim)) == sorted(f"caption #{i}" for i in range(9))
     for item_id, row in rows.items():
         if item_id == "bad":
             continue
@@ -88,9 +83,24 @@ def test_every_row_is_answered_and_a_bad_row_gets_an_error(
         assert row["answer"].startswith(f"[nemovlm emulator] {NANO_12B}")
         assert f"text: {row['prompt']}" in row["answer"]
         assert row["input_tokens"] > 0 and row["output_tokens"] > 0
-    assert "png 40x30" in rows["path"]["answer"]
     assert rows["bad"]["error"].startswith("UnsupportedInputError: ")
     assert rows["bad"]["answer"] is None
+
+
+def test_paths_are_read_and_a_missing_file_is_an_error_row(
+    local_ray: None, nim: RunningServer, tmp_path: Path
+) -> None:
+    for i in range(3):
+        (tmp_path / f"tile{i}.png").write_bytes(make_image(40, 30, text=str(i)))
+    items = [{"image": str(tmp_path / f"tile{i}.png"), "prompt": f"path #{i}"} for i in range(3)]
+    items.append({"image": str(tmp_path / "missing.png"), "prompt": "never sent"})
+
+    rows = {r["prompt"]: r for r in predict(ray.data.from_items(items), nim)}
+
+    assert sorted(prompts_received(nim)) == ["path #0", "path #1", "path #2"]
+    for i in range(3):
+        assert "image 1: png 40x30" in rows[f"path #{i}"]["answer"]
+    assert "No such file to send" in rows["never sent"]["error"]
 
 
 def test_read_images_arrays_are_answered_with_the_predictors_prompt(
