@@ -406,7 +406,7 @@ def _run_batch(args: argparse.Namespace) -> int:
 
     if _model_backend(args.model) == "fal":
         _aim_at_local_fal_emulator()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _resume_note_on_interrupt(args.out):
         warnings.simplefilter("always", BatchInputWarning)
         warnings.showwarning = _warn_in_one_line
         summary = run(
@@ -426,6 +426,16 @@ def _run_batch(args: argparse.Namespace) -> int:
         )
     print(summary, flush=True)
     return 0 if summary.ok else BATCH_ROWS_FAILED
+
+
+@contextmanager
+def _resume_note_on_interrupt(out: str) -> Iterator[None]:
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"\nnemovlm batch: stopped. The rows written so far are in {out}; run the same "
+              "command again to resume.", file=sys.stderr, flush=True)  # fmt: skip
+        raise
 
 
 def _warn_in_one_line(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import pty
+import signal
 import struct
 import subprocess
 import sys
@@ -553,3 +554,64 @@ def test_a_100000_row_manifest_is_streamed_with_flat_memory(nim: Emulator, tmp_p
     small = _peak_traced_bytes(nim, tmp_path / "small", rows=1_000, answered=900)
     large = _peak_traced_bytes(nim, tmp_path / "large", rows=100_000, answered=99_900)
     assert large / small < 1.5, (small, large)
+
+
+# --- Ctrl-C -------------------------------------------------------------------------------
+
+
+class _Gate(SimpleHTTPRequestHandler):
+    """Serves an image only once the test opens the gate: calls about it stay in flight."""
+
+    gate = threading.Event()
+    image = b""
+
+    def do_GET(self) -> None:
+        self.gate.wait(timeout=120)
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(self.image)))
+        self.end_headers()
+        self.wfile.write(self.image)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_ctrl_c_keeps_every_finished_row_and_the_rerun_sends_the_rest(
+    nim: Emulator, tmp_path: Path
+) -> None:
+    _Gate.image = png(7)
+    _Gate.gate.clear()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Gate)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    gated = f"http://127.0.0.1:{server.server_address[1]}"
+    (tmp_path / "tile.png").write_bytes(png())
+    items = [{"id": f"now{i}", "input": "tile.png", "prompt": f"now #{i}"} for i in range(5)]
+    items += [{"id": f"held{i}", "input": f"{gated}/{i}.png", "prompt": f"held #{i}"}
+              for i in range(4)]  # fmt: skip
+    rows = manifest(tmp_path / "m.jsonl", items)
+    out = tmp_path / "out.jsonl"
+    argv = [sys.executable, "-m", "nemovlm.cli", "batch", NANO_12B, "q", str(rows),
+            "--out", str(out), "--base-url", nim.base_url, "--concurrency", "4"]  # fmt: skip
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # The five local rows finish; the four held ones stay in flight.
+        while not out.exists() or len(out.read_text().splitlines()) < 5:
+            assert proc.poll() is None, proc.communicate()
+            threading.Event().wait(0.05)  # polling for a state, not timing anything
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130
+        assert "run the same command again to resume" in err
+        assert sorted(by_id(out)) == [f"now{i}" for i in range(5)]
+        _Gate.gate.set()
+        nim.clear()
+
+        summary = job(nim, [rows], out)
+    finally:
+        _Gate.gate.set()
+        server.shutdown()
+        server.server_close()
+    assert sorted(nim.prompts()) == [f"held #{i}" for i in range(4)]
+    assert (summary.done, summary.skipped) == (4, 5)
+    assert len(by_id(out)) == 9
