@@ -615,3 +615,13 @@ def test_ctrl_c_keeps_every_finished_row_and_the_rerun_sends_the_rest(
     assert sorted(nim.prompts()) == [f"held #{i}" for i in range(4)]
     assert (summary.done, summary.skipped) == (4, 5)
     assert len(by_id(out)) == 9
+
+
+def test_a_manifest_row_whose_prompt_is_not_text_is_refused_not_replaced(
+    nim: Emulator, tmp_path: Path
+) -> None:
+    (tmp_path / "tile.png").write_bytes(png())
+    m = manifest(tmp_path / "m.jsonl", [{"id": "n", "input": "tile.png", "prompt": 42}])
+    summary = job(nim, [m], tmp_path / "out.jsonl")
+    assert "'prompt' must be a string" in by_id(tmp_path / "out.jsonl")["n"]["error"]["message"]
+    assert summary.failed == 1 and nim.bodies() == []

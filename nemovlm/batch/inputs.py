@@ -140,24 +140,27 @@ def _manifest_row(
     own_prompt = record.get("prompt")
     row_prompt = own_prompt if isinstance(own_prompt, str) and own_prompt else prompt
     raw_id = record.get("id")
+    named = str(raw_id) if raw_id not in (None, "") else None
     if len(given) != 1:
         problem = (
             f"{where}: a row needs exactly one of the columns {', '.join(INPUT_COLUMNS)} "
             f"(got {', '.join(given) or 'none'})."
         )
-        return Row(id=str(raw_id or where), input="", prompt=row_prompt, problem=problem)
+        return Row(id=named or where, input="", prompt=row_prompt, problem=problem)
+    if own_prompt is not None and not isinstance(own_prompt, str):
+        problem = f"{where}: 'prompt' must be a string (got {own_prompt!r})."
+        return Row(id=named or where, input="", prompt=row_prompt, problem=problem)
     column = given[0]
     value = record[column]
     if not isinstance(value, str):
         problem = f"{where}: '{column}' must be a path or URL string (got {value!r})."
-        return Row(id=str(raw_id or where), input=str(value), prompt=row_prompt, problem=problem)
+        return Row(id=named or where, input=str(value), prompt=row_prompt, problem=problem)
     kind: MediaKind | None = (
         "image" if column == "image" else "video" if column == "video" else None
     )
     # Plain string joins: a Path per row costs more than the rest of reading it.
     source = value if is_url(value) else os.path.join(folder, os.path.expanduser(value))
-    row_id = str(raw_id) if raw_id not in (None, "") else value
-    return Row(row_id, value, row_prompt, source, kind, extra)
+    return Row(named or value, value, row_prompt, source, kind, extra)
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[str, dict[str, Any] | str]]:
