@@ -176,6 +176,17 @@ def test_a_request_the_model_refuses_is_reported_in_one_line(
     assert "UnsupportedInputError" in err and "cannot switch reasoning" in err
 
 
+def test_ask_refuses_a_video_passed_as_an_image_before_sending(
+    nim_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clip = tmp_path / "clip.png"  # the name says image; the bytes are an MP4
+    clip.write_bytes(make_mp4(duration_s=1.0, width=160, height=120, fps=4.0))
+    argv = ["ask", NANO_12B, "q", "--image", str(clip), "--base-url", nim_url]
+    code, _, err = run(argv, capsys)
+    assert code == 1
+    assert "is a video, but was given as an image: pass it as video" in err
+
+
 def test_no_command_prints_the_help(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run([], capsys)
     assert code == 2
