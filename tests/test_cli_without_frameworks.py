@@ -128,3 +128,12 @@ def test_nemovlm_batch_answers_a_folder_without_a_framework(
     assert done.returncode == 0, done.stderr
     assert len(out.read_text().splitlines()) == 3
     assert "3 done, 0 failed" in done.stdout
+
+
+def test_nemovlm_demo_runs_every_model_without_a_framework(core_venv: Path) -> None:
+    done = _run(core_venv, "nemovlm", "demo")
+    assert done.returncode == 0, done.stderr
+    assert "EMULATOR" in done.stdout.splitlines()[0]
+    for model in (NANO_12B, "nvidia/nemotron-3-nano-omni/video", "fal-ai/nemotron-diffusion-vlm"):
+        assert f"[nemovlm emulator] {model}" in done.stdout, model
+    assert "tool call: get_weather({'city': 'Oslo'})" in done.stdout
