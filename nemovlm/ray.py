@@ -39,7 +39,14 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from nemovlm.batch.calls import Outcome, answer, connect, error_record, request_options
+from nemovlm.batch.calls import (
+    Outcome,
+    answer,
+    connect,
+    error_record,
+    json_schema_option,
+    request_options,
+)
 from nemovlm.errors import UnsupportedInputError
 
 OUTPUT_COLUMNS = ("answer", "reasoning", "input_tokens", "output_tokens", "error")
@@ -60,7 +67,7 @@ class NemoVLMPredictor:
         timeout: float | None = None,
         reasoning: bool | None = None,
         max_tokens: int | None = None,
-        json_schema: Mapping[str, Any] | None = None,
+        json_schema: Mapping[str, Any] | str | None = None,
         input_column: str = "image",
     ) -> None:
         if concurrency < 1:
@@ -72,7 +79,7 @@ class NemoVLMPredictor:
             self.backend.profile,
             reasoning=reasoning,
             max_tokens=max_tokens,
-            json_schema=json_schema,
+            json_schema=json_schema_option(json_schema),
         )
         self.prompt = prompt
         self.concurrency = concurrency

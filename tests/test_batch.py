@@ -625,3 +625,19 @@ def test_a_manifest_row_whose_prompt_is_not_text_is_refused_not_replaced(
     summary = job(nim, [m], tmp_path / "out.jsonl")
     assert "'prompt' must be a string" in by_id(tmp_path / "out.jsonl")["n"]["error"]["message"]
     assert summary.failed == 1 and nim.bodies() == []
+
+
+def test_run_takes_a_bare_json_schema_mapping(nim: Emulator, tmp_path: Path) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"caption": {"type": "string"}},
+        "required": ["caption"],
+    }
+    out = tmp_path / "out.jsonl"
+    job(nim, [captions(tmp_path, 1)], out, json_schema=schema)
+    (row,) = rows_of(out)
+    assert isinstance(row["parsed"]["caption"], str)
+    assert nim.bodies()[-1]["response_format"]["json_schema"] == {
+        "name": "record",
+        "schema": schema,
+    }

@@ -109,6 +109,18 @@ def load_json_schema(path: str | Path) -> dict[str, Any]:
     return {"name": "record", "schema": value}
 
 
+def json_schema_option(value: Mapping[str, Any] | str | Path | None) -> dict[str, Any] | None:
+    """``RequestOptions.json_schema`` from a file, an OpenAI ``json_schema`` object, or a
+    bare JSON Schema (named ``record``)."""
+    if value is None:
+        return None
+    if isinstance(value, (str, Path)):
+        return load_json_schema(value)
+    if isinstance(value.get("schema"), Mapping) and isinstance(value.get("name"), str):
+        return dict(value)
+    return {"name": "record", "schema": dict(value)}  # a bare JSON Schema
+
+
 # --- inputs ----------------------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ from nemovlm.batch.calls import (
     answer,
     connect,
     error_record,
-    load_json_schema,
+    json_schema_option,
     request_options,
     user_turn,
 )
@@ -113,20 +113,22 @@ async def arun(
     names = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     if not names:
         raise UnsupportedInputError("No inputs: name files, folders, URLs or a manifest.")
-    schema = load_json_schema(json_schema) if isinstance(json_schema, (str, Path)) else json_schema
     profile = get_profile(model)
     options = request_options(
-        profile, reasoning=reasoning, max_tokens=max_tokens, json_schema=schema
+        profile,
+        reasoning=reasoning,
+        max_tokens=max_tokens,
+        json_schema=json_schema_option(json_schema),
     )
     backend = None
     if not dry_run:
         backend = connect(
             model, base_url=base_url, api_key=api_key, max_retries=max_retries, timeout=timeout
         )
+    total = count_rows(names, prompt) if progress is not False else None
     results = ResultFile(out, overwrite=overwrite, dry_run=dry_run).open()
     summary = BatchSummary(model=model, out=results.path, dry_run=dry_run, retried=results.retried)
     stream = progress_file if progress_file is not None else sys.stderr
-    total = count_rows(names, prompt) if progress is not False else None
     meter = _Progress(total, stream, progress, progress_interval, summary)
     started = time.monotonic()
     stats = InputStats()
