@@ -8,168 +8,137 @@
 # ---
 
 # %% [markdown]
-# # Batch captioning: a few hundred images, concurrently, with totals
+# # Batch captioning: a folder of images, resumable, with progress and cost
 #
-# 1. On one machine: LangChain's `abatch_as_completed` under a concurrency limit
-#    (`config={"max_concurrency": 16}`), a progress bar, then token and cost totals.
-# 2. The same job on the fal app, which publishes a price per token.
-# 3. On a Ray cluster, for when one machine is not enough. The model object is
-#    shipped to the workers as it is: it pickles without its HTTP clients and builds
-#    fresh ones where it lands. (Runs when `ray` is installed: `pip install "ray[data]"`.)
+# 1. On the command line: `nemovlm batch` captions a folder into a JSONL file, one row
+#    per image as it completes, with a progress bar and a summary (tokens, cost).
+#    Run it again and it resumes: images already captioned are skipped.
+# 2. From Python: `nemovlm.batch.run(...)` does the same and returns the summary; here
+#    on the fal app, which publishes a price per token, from a manifest.
+# 3. On Ray Data, for when one machine is not enough: `nemovlm.ray.NemoVLMPredictor`
+#    in `Dataset.map_batches`. (Runs when Ray is installed: `pip install 'nemovlm[ray]'`.)
 #
-# Tune `max_concurrency` to what your endpoint takes: a NIM queues what it cannot
-# serve at once; the hosted catalog and fal answer 429 past your rate limit (the
-# package retries those with backoff, `max_retries`).
+# Tune `--concurrency` to what your endpoint takes: a NIM queues what it cannot serve at
+# once; the hosted catalog and fal answer 429 past your rate limit (the package retries
+# those with backoff). A failed image is a row with an `error`, not a crash; the
+# command exits 3 when any row failed, and running it again retries those rows.
 
 # %%
 from __future__ import annotations
 
-import base64
+import json
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
-from _setup import clip, connect, run_async
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.messages import AIMessage, HumanMessage
+from _setup import clip, connect
 
-from langchain_nemovlm import ChatNemoFal, ChatNemoVLM
+from nemovlm.batch import run
 from nemovlm.samples import make_image
 
 setup = connect()
 PROMPT = "Caption this image in at most ten words."
+NANO = "nvidia/nemotron-nano-12b-v2-vl"
 
 # %% [markdown]
-# ## 200 small images
-# Coloured tiles with a number on each; in real life, thumbnails of your pictures
-# (small images are cheaper: the model tiles large ones).
+# ## 200 small images in a folder
+# Coloured tiles with a number on each; in real life, your pictures (small images are
+# cheaper: the model tiles large ones). `nemovlm batch` walks folders recursively and
+# finds images and videos by their content, not their extension.
 
 # %%
-images = [
-    make_image(64, 48, text=f"#{i}", color=((37 * i) % 256, (91 * i) % 256, (53 * i) % 256))
-    for i in range(200)
-]
-
-
-def caption_request(png: bytes) -> list[HumanMessage]:
-    data = base64.b64encode(png).decode()
-    return [
-        HumanMessage(
-            content=[
-                {"type": "text", "text": PROMPT},
-                {"type": "image", "base64": data, "mime_type": "image/png"},
-            ]
-        )
-    ]
-
+tiles = setup.workdir / "tiles"
+tiles.mkdir()
+for i in range(200):
+    color = ((37 * i) % 256, (91 * i) % 256, (53 * i) % 256)
+    (tiles / f"tile-{i:03d}.png").write_bytes(make_image(64, 48, text=f"#{i}", color=color))
 
 # %% [markdown]
-# ## A progress bar
-# `tqdm` when it is installed (LlamaIndex depends on it), else a printed counter.
+# ## 1. `nemovlm batch` on Nano 12B v2 VL (NIM), 16 at a time
+# The same command in a terminal:
+#
+# ```bash
+# nemovlm batch nvidia/nemotron-nano-12b-v2-vl "Caption this image in at most ten words." \
+#     tiles/ --out captions.jsonl --concurrency 16 --max-tokens 32
+# ```
+#
+# On a terminal it draws a progress bar; in a log (as here) it prints a plain line now
+# and then. The summary goes to stdout.
 
 # %%
-try:
-    from tqdm.auto import tqdm
-except ImportError:
-    tqdm = None
+captions_file = setup.workdir / "captions.jsonl"
+command = [sys.executable, "-m", "nemovlm.cli", "batch", NANO, PROMPT, str(tiles),
+           "--out", str(captions_file), "--concurrency", "16", "--max-tokens", "32"]  # fmt: skip
+if setup.nim_base_url:
+    command += ["--base-url", setup.nim_base_url]
+started = time.perf_counter()
+done = subprocess.run(command, capture_output=True, text=True, check=False)
+seconds = time.perf_counter() - started
+print(done.stdout.strip())
+rows = [json.loads(line) for line in captions_file.read_text().splitlines()]
+print(f"{len(rows)} captions in {seconds:.1f} s (exit code {done.returncode}); "
+      f"first: {clip(rows[0]['answer'], 90)}\n")  # fmt: skip
 
+# %% [markdown]
+# Each row holds the input, its id, the answer, tokens in and out, the model, timing,
+# and `error` (`null` when it worked). Running the same command again sends nothing:
+# every image is already in the file. (`--overwrite` starts over.)
 
-class Progress:
-    def __init__(self, total: int, label: str) -> None:
-        self.total, self.label, self.done = total, label, 0
-        self.bar = tqdm(total=total, desc=label, unit="img") if tqdm is not None else None
+# %%
+again = subprocess.run(command, capture_output=True, text=True, check=False)
+print(again.stdout.strip().splitlines()[0], "\n")
 
-    def update(self) -> None:
-        self.done += 1
-        if self.bar is not None:
-            self.bar.update()
-        elif self.done % 50 == 0 or self.done == self.total:
-            print(f"{self.label}: {self.done}/{self.total}")
+# %% [markdown]
+# ## 2. From Python, on fal: `nemovlm.batch.run`
+# A manifest (`.jsonl` or `.csv`) gives each row its input and, optionally, its own
+# prompt and id; other columns are copied to the output under `meta`. fal queues each
+# request and the package polls it; the summary estimates the cost from fal's price.
+# A slice of the images, to keep the demo short. `run` works in a notebook cell too.
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-async def caption_all(
-    llm: BaseChatModel, pictures: Sequence[bytes], label: str, concurrency: int = 16
-) -> list[AIMessage]:
-    """Every caption, in input order, at most ``concurrency`` requests at a time."""
-    results: list[Any] = [None] * len(pictures)
-    progress = Progress(len(pictures), label)
-    finished: AsyncIterator[tuple[int, Any]] = llm.abatch_as_completed(
-        [caption_request(p) for p in pictures], config={"max_concurrency": concurrency}
+# %%
+manifest = setup.workdir / "fal-manifest.jsonl"
+manifest.write_text(
+    "".join(
+        json.dumps({"id": f"tile-{i}", "input": f"tiles/tile-{i:03d}.png", "shelf": i % 4}) + "\n"
+        for i in range(24)
     )
-    async for index, message in finished:
-        results[index] = message
-        progress.update()
-    progress.close()
-    return results
-
-
-def report(llm: BaseChatModel, captions: Sequence[AIMessage], seconds: float) -> None:
-    """Token totals, and the cost where the seller publishes a price."""
-    usages = [m.usage_metadata for m in captions if m.usage_metadata]
-    tokens_in = sum(u["input_tokens"] for u in usages)
-    tokens_out = sum(u["output_tokens"] for u in usages)
-    costs = [m.response_metadata.get("estimated_cost_usd") for m in captions]
-    known = [c for c in costs if isinstance(c, (int, float))]
-    cost = f"${sum(known):.4f} (estimated)" if known else "n/a (no published price)"
-    print(f"{len(captions)} captions in {seconds:.1f} s; first: {clip(captions[0].content, 90)}")
-    print(f"tokens: {tokens_in} in + {tokens_out} out = {tokens_in + tokens_out}; cost: {cost}\n")
-
-
-# %% [markdown]
-# ## 1. Nano 12B v2 VL on NIM, 16 at a time
-
-# %%
-nano = ChatNemoVLM(
-    model="nvidia/nemotron-nano-12b-v2-vl", base_url=setup.nim_base_url, max_tokens=32
 )
 started = time.perf_counter()
-captions = run_async(caption_all(nano, images, "NIM captions"))
-report(nano, captions, time.perf_counter() - started)
-
-# %% [markdown]
-# ## 2. Nemotron Diffusion VLM on fal
-# fal queues each request; the package polls it. The reply metadata carries an
-# estimated cost (tokens x fal's published price). A slice of the images, to keep the
-# demo short.
-
-# %%
-fal_vlm = ChatNemoFal(model="fal-ai/nemotron-diffusion-vlm", max_tokens=32)
-started = time.perf_counter()
-fal_captions = run_async(caption_all(fal_vlm, images[:24], "fal captions", concurrency=8))
-report(fal_vlm, fal_captions, time.perf_counter() - started)
+summary = run(
+    "fal-ai/nemotron-diffusion-vlm",
+    PROMPT,
+    [manifest],
+    setup.workdir / "fal-captions.jsonl",
+    concurrency=8,
+    max_tokens=32,
+    progress=False,
+)
+seconds = time.perf_counter() - started
+print(summary)
+cost = f"${summary.cost_usd:.4f} (estimated)" if summary.cost_usd is not None else "n/a"
+print(f"{summary.done} captions in {seconds:.1f} s")
+print(f"tokens: {summary.input_tokens} in + {summary.output_tokens} out; cost: {cost}\n")
 
 # %% [markdown]
 # ## 3. The same job on Ray Data
-# Each Ray worker gets a pickled copy of `nano` (which has already made 200 calls: its
-# HTTP clients stay behind and are rebuilt on the worker). Images travel as bytes in the
-# dataset, so the workers need no shared disk. `setup.worker_env` carries what a worker
-# needs to reach the emulator offline; on a real cluster, give the workers your keys
-# (for example through `runtime_env={"env_vars": {...}}`).
+# `NemoVLMPredictor` is a callable class for `map_batches`: each actor holds one client
+# (one connection pool) and runs up to `concurrency` calls at once inside a batch.
+# Columns in: `image` (path, URL, bytes, or the arrays `read_images` gives), optional
+# `prompt` and `id`; columns out: `answer`, `reasoning`, `input_tokens`,
+# `output_tokens`, `error`. On a cluster, `ray.init(address="auto")` (or
+# `ray://head:10001`) instead of the local start below; see `docs/batch.md`.
+# `setup.worker_env` carries what a worker needs to reach the emulator offline; on a
+# real cluster, give the workers your keys (`runtime_env={"env_vars": {...}}`).
 
 # %%
 try:
     import ray
     import ray.data
+
+    from nemovlm.ray import NemoVLMPredictor
 except ImportError:
     ray = None
-    print("Skipped the Ray section: Ray is not installed (`pip install 'ray[data]'`).")
-
-
-class Captioner:
-    """One per Ray actor: holds the unpickled model, captions a batch of rows."""
-
-    def __init__(self, llm: BaseChatModel) -> None:
-        self.llm = llm
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        requests: list[LanguageModelInput] = [caption_request(bytes(p)) for p in batch["png"]]
-        replies = self.llm.batch(requests, config={"max_concurrency": 8})
-        return {"name": batch["name"], "caption": [str(r.content) for r in replies]}
-
+    print("Skipped the Ray section: Ray is not installed (`pip install 'nemovlm[ray]'`).")
 
 if ray is not None:
     ray.init(
@@ -180,18 +149,27 @@ if ray is not None:
         runtime_env={"env_vars": setup.worker_env},
     )
     ray.data.DataContext.get_current().enable_progress_bars = False
-    rows = [{"name": f"tile-{i}.png", "png": png} for i, png in enumerate(images)]
     started = time.perf_counter()
     captioned = (
-        ray.data.from_items(rows, override_num_blocks=4)
+        ray.data.read_images(str(tiles), include_paths=True)
         .map_batches(
-            Captioner,
-            fn_constructor_kwargs={"llm": nano},
-            batch_size=50,
+            NemoVLMPredictor,
+            fn_constructor_kwargs={
+                "model": NANO,
+                "prompt": PROMPT,
+                "base_url": setup.nim_base_url,
+                "max_tokens": 32,
+                "concurrency": 8,
+            },
             compute=ray.data.ActorPoolStrategy(size=2),
+            num_cpus=0.5,  # the actors wait on the network; leave CPUs for reading
+            batch_size=50,
         )
+        .drop_columns(["image"])
         .take_all()
     )
-    print(f"Ray: {len(captioned)} captions in {time.perf_counter() - started:.1f} s")
-    print(f"Ray: {captioned[0]['name']} -> {clip(captioned[0]['caption'], 90)}")
+    failed = sum(1 for row in captioned if row["error"] is not None)
+    seconds = time.perf_counter() - started
+    print(f"Ray: {len(captioned)} captions in {seconds:.1f} s, {failed} failed")
+    print(f"Ray: {captioned[0]['path']} -> {clip(captioned[0]['answer'], 90)}")
     ray.shutdown()

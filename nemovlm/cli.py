@@ -1,20 +1,24 @@
-"""The ``nemovlm`` command: ``demo``, ``emulator``, ``models`` and ``ask``.
+"""The ``nemovlm`` command: ``demo``, ``emulator``, ``models``, ``ask`` and ``batch``.
 
-Errors print as one line with what to do; ``--debug`` shows the traceback.
+Every command runs on the framework-neutral core (``nemovlm.batch.connect`` picks the
+NIM or fal backend), so a plain ``pip install nemovlm`` has a working CLI. Errors print
+as one line with what to do; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nemovlm.messages import MediaKind, MediaPart, Reply
+    from nemovlm.profiles import ModelProfile
 
 # Colour only on a terminal, and never with NO_COLOR set (no-color.org).
 _COLOUR = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
@@ -78,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--base-url", help="NIM base URL (default NVIDIA_BASE_URL or the catalog)")
     ask.add_argument("--max-tokens", type=int)
     ask.set_defaults(run=_run_ask)
+    _add_batch_parser(sub)
     return parser
 
 
@@ -190,83 +195,89 @@ def _restore_env(name: str, value: str | None) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from langchain_core.messages import HumanMessage
-    from langchain_core.tools import tool
-
-    from langchain_nemovlm import ChatNemoFal, ChatNemoVLM
+    """Every model against the local emulator, on the core alone (no framework)."""
+    from nemovlm.batch import connect
+    from nemovlm.messages import MediaPart, TextPart, ToolSpec, Turn
+    from nemovlm.options import RequestOptions
+    from nemovlm.pipeline import assemble_reply
     from nemovlm.samples import make_chart, make_mp4
 
+    _require_extras("demo", ("starlette", "emulator"), ("fal_client", "fal"))
     chart = make_chart([3, 7, 4, 9], ["Q1", "Q2", "Q3", "Q4"], title="Revenue")
-    chart_url = "data:image/png;base64," + base64.b64encode(chart).decode()
     clip = make_mp4(duration_s=6.0, width=640, height=360, fps=8.0)
-    clip_url = "data:video/mp4;base64," + base64.b64encode(clip).decode()
+    image = MediaPart("image", data=chart, mime_type="image/png")
+    video = MediaPart("video", data=clip, mime_type="video/mp4")
+    weather = ToolSpec(
+        "get_weather",
+        "Current weather for a city.",
+        {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    )
+    tools = RequestOptions(tools=(weather,))
 
-    def ask(text: str, *media: dict[str, Any]) -> list[HumanMessage]:
-        return [HumanMessage(content=[{"type": "text", "text": text}, *media])]
-
-    image = {"type": "image_url", "image_url": {"url": chart_url}}
-    video = {"type": "video_url", "video_url": {"url": clip_url}}
-
-    @tool
-    def get_weather(city: str) -> str:
-        """Current weather for a city."""
-        return f"sunny in {city}"
+    def ask(text: str, *media: MediaPart) -> list[Turn]:
+        return [Turn("user", [TextPart(text), *media])]
 
     print(f"{BOLD}nemovlm demo{RESET}: every answer below comes from the local EMULATOR "
           "(it reports what it received; it is not a model).\n")  # fmt: skip
     with running_emulators() as (nim_url, _fal):
-        llama = ChatNemoVLM(model="nvidia/llama-3.1-nemotron-nano-vl-8b-v1", base_url=nim_url)
-        nano = ChatNemoVLM(model="nvidia/nemotron-nano-12b-v2-vl", base_url=nim_url)
-        gemma = ChatNemoVLM(model="google/diffusiongemma-26b-a4b-it", base_url=nim_url)
-        steps: list[tuple[str, Callable[[], Any]]] = [
+        llama = connect("nvidia/llama-3.1-nemotron-nano-vl-8b-v1", base_url=nim_url)
+        nano = connect("nvidia/nemotron-nano-12b-v2-vl", base_url=nim_url)
+        gemma = connect("google/diffusiongemma-26b-a4b-it", base_url=nim_url)
+        diffusion = connect("fal-ai/nemotron-diffusion-vlm")
+        omni = connect("nvidia/nemotron-3-nano-omni/video")
+        steps: list[tuple[str, Callable[[], Reply]]] = [
             ("Llama Nano VL 8B, image (sent before the text)",
-             lambda: llama.invoke(ask("What does this chart show?", image))),
+             lambda: llama.complete(ask("What does this chart show?", image), RequestOptions())),
             ("Nano 12B v2 VL, reasoning on (/think), streamed",
-             lambda: _stream(nano, ask("Which quarter was best?", image), reasoning=True)),
+             lambda: assemble_reply(nano.stream(ask("Which quarter was best?", image),
+                                                RequestOptions(reasoning=True)))),
             ("Nano 12B v2 VL, video at 2 fps",
-             lambda: nano.invoke(ask("What happens in this clip?", video), video_fps=2.0)),
+             lambda: nano.complete(ask("What happens in this clip?", video),
+                                   RequestOptions(video_fps=2.0))),
             ("DiffusionGemma, reasoning on by default (its `reasoning` field)",
-             lambda: gemma.invoke(ask("Describe the chart.", image))),
+             lambda: gemma.complete(ask("Describe the chart.", image), RequestOptions())),
             ("Nano 12B v2 VL, native tool call",
-             lambda: nano.bind_tools([get_weather]).invoke("Weather in Paris?")),
+             lambda: nano.complete(ask("Weather in Paris?"), tools)),
             ("Llama Nano VL 8B, tool call through the prompt protocol",
-             lambda: llama.bind_tools([get_weather]).invoke("Weather in Oslo?")),
+             lambda: llama.complete(ask("Weather in Oslo?"), tools)),
             ("fal Nemotron Diffusion VLM, one image + prompt",
-             lambda: ChatNemoFal(model="fal-ai/nemotron-diffusion-vlm", max_tokens=256)
-             .invoke(ask("Describe the chart in one sentence.", image))),
+             lambda: diffusion.complete(ask("Describe the chart in one sentence.", image),
+                                        RequestOptions(max_tokens=256))),
             ("fal Nemotron 3 Nano Omni, video with reasoning",
-             lambda: ChatNemoFal(model="nvidia/nemotron-3-nano-omni/video", reasoning=True)
-             .invoke(ask("Summarise the clip.", video))),
+             lambda: omni.complete(ask("Summarise the clip.", video),
+                                   RequestOptions(reasoning=True))),
         ]  # fmt: skip
         for title, step in steps:
             print(f"{BOLD}== {title}{RESET}")
-            _show(step())
+            _show(step(), title)
     print(f"{BOLD}Done.{RESET} Set NVIDIA_API_KEY / FAL_KEY and real endpoints for real answers.")
     return 0
 
 
-def _stream(llm: Any, messages: Any, **kwargs: Any) -> Any:
-    full = None
-    for chunk in llm.stream(messages, **kwargs):
-        full = chunk if full is None else full + chunk
-    return full
+def _require_extras(command: str, *needs: tuple[str, str]) -> None:
+    """Say which extra to install when a command needs one that is missing."""
+    import importlib.util
+
+    missing = sorted({extra for module, extra in needs if importlib.util.find_spec(module) is None})
+    if missing:
+        raise ImportError(
+            f"`nemovlm {command}` needs the {' and '.join(missing)} extra: "
+            f"pip install 'nemovlm[{','.join(missing)}]'"
+        )
 
 
-def _show(msg: Any) -> None:
-    reasoning = msg.additional_kwargs.get("reasoning_content")
-    if reasoning:
-        print(f"{DIM}reasoning: {_clip(reasoning)}{RESET}")
-    if msg.tool_calls:
-        for call in msg.tool_calls:
-            print(f"tool call: {call['name']}({call['args']})")
-    if msg.content:
-        print(_clip(str(msg.content), 400))
-    usage = msg.usage_metadata or {}
-    meta = msg.response_metadata
-    cost = meta.get("estimated_cost_usd")
+def _show(reply: Reply, title: str) -> None:
+    if reply.reasoning:
+        print(f"{DIM}reasoning: {_clip(reply.reasoning)}{RESET}")
+    for call in reply.tool_calls:
+        print(f"tool call: {call.name}({call.arguments})")
+    if reply.text:
+        print(_clip(reply.text, 400))
+    usage = reply.usage
+    cost = reply.metadata.get("estimated_cost_usd")
     extra = f", est. ${cost:.6f}" if isinstance(cost, (int, float)) else ""
-    print(f"{DIM}[{meta.get('model_name')}: {usage.get('input_tokens', '?')} in / "
-          f"{usage.get('output_tokens', '?')} out tokens{extra}]{RESET}\n")  # fmt: skip
+    tokens = f"{usage.input_tokens} in / {usage.output_tokens} out" if usage else "? in / ? out"
+    print(f"{DIM}[{reply.model}: {tokens} tokens{extra}]{RESET}\n")
 
 
 def _clip(text: str, limit: int = 200) -> str:
@@ -278,61 +289,53 @@ def _clip(text: str, limit: int = 200) -> str:
 
 
 def _run_ask(args: argparse.Namespace) -> int:
-    from langchain_core.messages import HumanMessage
+    """One question, streamed, on the core's backends (no framework needed)."""
+    from nemovlm.batch import connect
+    from nemovlm.batch.calls import estimated_cost
+    from nemovlm.messages import Part, TextPart, Turn
+    from nemovlm.options import RequestOptions
+    from nemovlm.pipeline import assemble_reply
 
-    from nemovlm.profiles import get_profile
-
-    profile = get_profile(args.model)
-    content: list[Any] = [{"type": "text", "text": args.question}]
-    for image in args.image:
-        content.append(_media_block("image", image))
-    if args.video:
-        content.append(_media_block("video", args.video))
-    kwargs: dict[str, Any] = {"model": args.model}
-    if args.reasoning is not None:
-        kwargs["reasoning"] = args.reasoning
-    if args.max_tokens is not None:
-        kwargs["max_tokens"] = args.max_tokens
-    llm: Any
-    if profile.backend == "fal":
-        from langchain_nemovlm import ChatNemoFal
-
+    if _model_backend(args.model) == "fal":
         _aim_at_local_fal_emulator()
-
-        llm = ChatNemoFal(**kwargs)
-    else:
-        from langchain_nemovlm import ChatNemoVLM
-
-        llm = ChatNemoVLM(base_url=args.base_url, **kwargs)
-    full = None
+    backend = connect(args.model, base_url=args.base_url)
+    parts: list[Part] = [TextPart(args.question)]
+    parts += [_media_part("image", image, backend.profile) for image in args.image]
+    if args.video:
+        parts.append(_media_part("video", args.video, backend.profile))
+    options = RequestOptions(reasoning=args.reasoning, max_tokens=args.max_tokens)
+    deltas = []
     in_reasoning = False
-    for chunk in llm.stream([HumanMessage(content=content)]):
-        full = chunk if full is None else full + chunk
-        reasoning = chunk.additional_kwargs.get("reasoning_content")
-        if reasoning and args.show_reasoning:
+    for delta in backend.stream([Turn("user", parts)], options):
+        deltas.append(delta)
+        if delta.reasoning and args.show_reasoning:
             if not in_reasoning:
                 print(f"{DIM}", end="")
                 in_reasoning = True
-            print(reasoning, end="", flush=True)
-        if chunk.content:
+            print(delta.reasoning, end="", flush=True)
+        if delta.text:
             if in_reasoning:
                 print(f"{RESET}\n", end="")
                 in_reasoning = False
-            print(chunk.content, end="", flush=True)
+            print(delta.text, end="", flush=True)
     if in_reasoning:
         print(RESET, end="")
     print()
-    if full is not None:
-        for call in full.tool_calls:
-            print(f"tool call: {call['name']}({call['args']})")
-        usage = full.usage_metadata or {}
-        cost = full.response_metadata.get("estimated_cost_usd")
-        if cost is None and profile.price_per_1k_tokens and usage:
-            cost = usage.get("total_tokens", 0) / 1000 * profile.price_per_1k_tokens
-        extra = f", est. ${cost:.6f}" if isinstance(cost, (int, float)) else ""
-        print(f"{DIM}[{usage.get('input_tokens', '?')} in / "
-              f"{usage.get('output_tokens', '?')} out tokens{extra}]{RESET}")  # fmt: skip
+    reply = assemble_reply(deltas)
+    for call in reply.tool_calls:
+        print(f"tool call: {call.name}({call.arguments})")
+    usage = reply.usage
+    cost = estimated_cost(reply, backend.profile)
+    extra = f", est. ${cost:.6f}" if cost is not None else ""
+    tokens = f"{usage.input_tokens} in / {usage.output_tokens} out" if usage else "? in / ? out"
+    print(f"{DIM}[{tokens} tokens{extra}]{RESET}")
     return 0
+
+
+def _model_backend(model: str) -> str:
+    from nemovlm.profiles import get_profile
+
+    return get_profile(model).backend
 
 
 def _aim_at_local_fal_emulator() -> None:
@@ -346,19 +349,108 @@ def _aim_at_local_fal_emulator() -> None:
         aim_fal_client(f"https://{host}", bundle)
 
 
-def _media_block(kind: str, value: str) -> dict[str, Any]:
-    """A content block for a path or URL given on the command line (the user's intent)."""
-    if value.startswith(("http://", "https://", "data:")):
-        return {"type": f"{kind}_url", f"{kind}_url": {"url": value}}
-    path = Path(value).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"No such {kind} file: {path}")
-    from nemovlm.media import sniff_format
+def _media_part(kind: MediaKind, value: str, profile: ModelProfile) -> MediaPart:
+    """A path or URL given on the command line (the user's own choice, so no allow-list):
+    read with the core's one file reader, the format found from the content."""
+    from nemovlm.batch import media_part
 
-    data = path.read_bytes()
-    fmt = sniff_format(data) or ("mp4" if kind == "video" else "png")
-    mime = f"{kind}/{fmt}"
-    return {"type": kind, "base64": base64.b64encode(data).decode(), "mime_type": mime}
+    return media_part(value, profile, kind)
+
+
+# --- batch -----------------------------------------------------------------------------
+
+BATCH_ROWS_FAILED = 3
+"""``nemovlm batch``'s exit code when the job ran but some rows failed."""
+
+
+def _add_batch_parser(sub: Any) -> None:
+    batch = sub.add_parser(
+        "batch",
+        help="ask one question about many images or videos; resumable, one JSONL row each",
+        description=(
+            "Ask MODEL the PROMPT about every INPUT and write one JSON line per input to "
+            "--out, as each completes. INPUT: image or video files, folders (walked; media "
+            "found by content), http(s) URLs, or .jsonl/.csv manifests whose rows have an "
+            "'input' (or 'image'/'video') and optionally their own 'prompt' and 'id'. "
+            "Running the same command again resumes: inputs already answered are skipped "
+            "and failed rows are tried again."
+        ),
+        epilog=(
+            "exit codes: 0 every row answered; "
+            f"{BATCH_ROWS_FAILED} the job ran but some rows failed (each has an 'error' in "
+            "--out); 1 the job could not run (the message says why); 130 stopped by Ctrl-C "
+            "(rows written so far are kept: run again to resume)."
+        ),
+    )
+    batch.add_argument("model", help="model id, e.g. nvidia/nemotron-nano-12b-v2-vl")
+    batch.add_argument("prompt", help="the question for every row without its own prompt")
+    batch.add_argument("inputs", nargs="+", metavar="INPUT")
+    batch.add_argument("--out", required=True, help="the JSONL file to write (and resume)")
+    batch.add_argument("--concurrency", type=int, default=8, help="calls in flight (default 8)")
+    batch.add_argument(
+        "--max-retries", type=int, help="NIM client retries per call (default 2; not for fal)"
+    )
+    batch.add_argument("--base-url", help="NIM base URL (default NVIDIA_BASE_URL or the catalog)")
+    batch.add_argument(
+        "--json-schema", metavar="FILE", help="structured output: a JSON Schema file"
+    )
+    batch.add_argument("--reasoning", action=argparse.BooleanOptionalAction, default=None)
+    batch.add_argument("--max-tokens", type=int)
+    batch.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    batch.add_argument(
+        "--dry-run", action="store_true", help="read and check every input; send nothing"
+    )
+    batch.add_argument(
+        "--progress-interval",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="when not on a terminal, a progress line this often (default 30; 0: every row)",
+    )
+    batch.set_defaults(run=_run_batch)
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    import warnings
+
+    from nemovlm.batch import BatchInputWarning, run
+
+    if _model_backend(args.model) == "fal":
+        _aim_at_local_fal_emulator()
+    with warnings.catch_warnings(), _resume_note_on_interrupt(args.out):
+        warnings.simplefilter("always", BatchInputWarning)
+        warnings.showwarning = _warn_in_one_line
+        summary = run(
+            args.model,
+            args.prompt,
+            args.inputs,
+            args.out,
+            concurrency=args.concurrency,
+            max_retries=args.max_retries,
+            base_url=args.base_url,
+            json_schema=args.json_schema,
+            reasoning=args.reasoning,
+            max_tokens=args.max_tokens,
+            overwrite=args.overwrite,
+            dry_run=args.dry_run,
+            progress_interval=args.progress_interval,
+        )
+    print(summary, flush=True)
+    return 0 if summary.ok else BATCH_ROWS_FAILED
+
+
+@contextmanager
+def _resume_note_on_interrupt(out: str) -> Iterator[None]:
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"\nnemovlm batch: stopped. The rows written so far are in {out}; run the same "
+              "command again to resume.", file=sys.stderr, flush=True)  # fmt: skip
+        raise
+
+
+def _warn_in_one_line(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+    print(f"nemovlm: warning: {message}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import pytest
 
 from nemovlm.cli import main
 from nemovlm.emulator.fal import start_fal_emulator
+from nemovlm.errors import UnsupportedInputError
 from nemovlm.samples import make_chart, make_mp4
 
 FIVE_MODELS = (
@@ -153,14 +154,14 @@ def test_an_error_is_one_line_without_a_traceback(
     code, out, err = run(argv, capsys)
     assert code == 1
     assert err.count("\n") == 1
-    assert err.startswith("nemovlm: error: FileNotFoundError: No such image file")
+    assert err.startswith("nemovlm: error: UnsupportedInputError: No such file to send")
     assert "--debug" in err
     assert "Traceback" not in err + out
 
 
 def test_debug_lets_the_error_through_with_its_traceback(nim_url: str) -> None:
     argv = ["--debug", "ask", NANO_12B, "q", "--image", "/no/such/chart.png"]
-    with pytest.raises(FileNotFoundError, match="No such image file"):
+    with pytest.raises(UnsupportedInputError, match="No such file to send"):
         main([*argv, "--base-url", nim_url])
 
 
@@ -173,6 +174,17 @@ def test_a_request_the_model_refuses_is_reported_in_one_line(
     assert code == 1
     assert err.count("\n") == 1
     assert "UnsupportedInputError" in err and "cannot switch reasoning" in err
+
+
+def test_ask_refuses_a_video_passed_as_an_image_before_sending(
+    nim_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clip = tmp_path / "clip.png"  # the name says image; the bytes are an MP4
+    clip.write_bytes(make_mp4(duration_s=1.0, width=160, height=120, fps=4.0))
+    argv = ["ask", NANO_12B, "q", "--image", str(clip), "--base-url", nim_url]
+    code, _, err = run(argv, capsys)
+    assert code == 1
+    assert "is a video, but was given as an image: pass it as video" in err
 
 
 def test_no_command_prints_the_help(capsys: pytest.CaptureFixture[str]) -> None:
