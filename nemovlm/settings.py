@@ -21,16 +21,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, Field, PrivateAttr, SecretStr
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, model_validator
 
 from nemovlm.media import MediaPolicy
+from nemovlm.model_ids import warn_if_near_miss
 from nemovlm.options import ImageTransport, RequestOptions, build_options
-from nemovlm.profiles import Backend, ModelProfile, get_profile
+from nemovlm.profiles import PROFILES, Backend, ModelProfile, get_profile
 
 if TYPE_CHECKING:
     from nemovlm.backends import ChatBackend
     from nemovlm.backends.fal import FalBackend
-    from nemovlm.backends.nim import NIMBackend
+    from nemovlm.backends.nim import NIMBackend, ServedModel
 
 # nemovlm.backends.fal.UPLOAD_THRESHOLD_BYTES; not imported, so the core's settings load
 # without the ``fal`` extra.
@@ -88,6 +89,12 @@ class CommonSettings(BaseModel):
     )
 
     _backend: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _warn_near_miss_model_id(self) -> CommonSettings:
+        # When the model is made, not at its first call: that is where the typo is.
+        warn_if_near_miss(self.model, PROFILES)
+        return self
 
     def make_backend(self) -> ChatBackend:
         """A new core backend for these settings."""
@@ -195,6 +202,24 @@ class NimSettings(CommonSettings):
 
     def media_policy(self) -> MediaPolicy:
         return replace(super().media_policy(), http_client=self.http_client)
+
+    @property
+    def available_models(self) -> list[ServedModel]:
+        """The models the server serves, from its ``/v1/models`` (one request each time
+        it is read), as ``ServedModel(id, owned_by, max_model_len, known)``; ``known``:
+        nemovlm has that model's profile."""
+        return self._nim_backend().available_models()
+
+    async def aavailable_models(self) -> list[ServedModel]:
+        """``available_models``, asynchronously."""
+        return await self._nim_backend().aavailable_models()
+
+    def _nim_backend(self) -> NIMBackend:
+        from nemovlm.backends.nim import NIMBackend
+
+        backend = self.backend
+        assert isinstance(backend, NIMBackend)
+        return backend
 
     def request_defaults(self) -> RequestOptions:
         return replace(

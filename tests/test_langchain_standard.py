@@ -86,6 +86,12 @@ class TestChatNemoVLMIntegration(ChatModelIntegrationTests):
 
     @property
     def supports_json_mode(self) -> bool:
+        return True  # response_format json_object on Nano 12B v2 VL (profile json_schema)
+
+    @property
+    def supports_model_override(self) -> bool:
+        # One instance serves one model: its profile decides the wire rules, so a call
+        # naming another model is refused (test_a_call_naming_another_model_is_refused).
         return False
 
     @property
