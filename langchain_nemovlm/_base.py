@@ -327,6 +327,7 @@ class BaseChatNemo(CommonSettings, BaseChatModel):
         parser: Runnable[Any, Any] = (
             PydanticOutputParser(pydantic_object=schema) if is_model else JsonOutputParser()  # type: ignore[arg-type]
         )
+        llm: Runnable[LanguageModelInput, Any]
         if method == "json_mode":
             llm = self.bind(
                 json_mode=True,
