@@ -143,9 +143,17 @@ class CommonSettings(BaseModel):
         return build_options(self.request_defaults(), overrides, extra=extra, stop=stop)
 
 
+DEFAULT_NIM_MODEL = "nvidia/nemotron-nano-12b-v2-vl"
+
+
 class NimSettings(CommonSettings):
     """A NIM's (or NVIDIA's hosted API catalog's) settings: the connection and video."""
 
+    model: str = Field(
+        default=DEFAULT_NIM_MODEL,
+        description="Model id; Nemotron Nano 12B v2 VL (nvidia/nemotron-nano-12b-v2-vl) "
+        "unless given, as NVIDIA's own integrations have a default model.",
+    )
     base_url: str | None = Field(
         default=None,
         description="The NIM's /v1 URL; else NVIDIA_BASE_URL, else NVIDIA's hosted API catalog.",
