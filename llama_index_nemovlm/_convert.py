@@ -63,7 +63,7 @@ from nemovlm.messages import (
     Usage,
 )
 from nemovlm.pipeline import assemble_reply
-from nemovlm.tools import parse_arguments
+from nemovlm.tools import parse_arguments, tool_spec_from_openai
 
 _ROLES: dict[str, Role] = {
     MessageRole.SYSTEM.value: "system",
@@ -229,10 +229,9 @@ def tool_spec_from_llama_index(tool: Any) -> ToolSpec:
     metadata = getattr(tool, "metadata", None)
     if metadata is not None and hasattr(metadata, "to_openai_tool"):
         tool = metadata.to_openai_tool(skip_length_check=True)
-    if isinstance(tool, dict):
-        fn = tool.get("function", tool)
-        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
-            return ToolSpec(fn["name"], fn.get("description") or "", fn.get("parameters") or {})
+    spec = tool_spec_from_openai(tool) if isinstance(tool, dict) else None
+    if spec is not None:
+        return spec
     raise UnsupportedInputError(
         f"Cannot use {tool!r} as a tool: pass LlamaIndex tools (FunctionTool...) or OpenAI "
         "tool dicts {'type': 'function', 'function': {'name': ..., 'parameters': ...}}."
