@@ -12,7 +12,6 @@ settings' ``request_options``) -> ``self.backend`` (a core backend: NIM or fal) 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -30,7 +29,7 @@ from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from langchain_nemovlm._convert import (
     map_messages,
@@ -74,36 +73,7 @@ class BaseChatNemo(CommonSettings, BaseChatModel):
     """Fields merged into the request body, as the ``openai`` SDK merges ``extra_body``
     (they win over the others); a call's own ``extra_body`` is merged after it."""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _unknown_arguments_to_model_kwargs(cls, values: Any) -> Any:
-        """An argument that names no field (``top_k=7``, a typo) is sent on the wire
-        through ``model_kwargs`` and warned about, never dropped (``ChatOpenAI``'s
-        ``build_extra``)."""
-        if not isinstance(values, dict):
-            return values
-        known = set(cls.model_fields)
-        known |= {f.alias for f in cls.model_fields.values() if f.alias}
-        unknown = [name for name in values if name not in known]
-        if not unknown:
-            return values
-        values = dict(values)
-        extra = dict(values.get("model_kwargs") or {})
-        for name in unknown:
-            if name in extra:
-                raise UnsupportedInputError(
-                    f"{name} is given both as an argument and in model_kwargs; give it once."
-                )
-            warnings.warn(
-                f"{name}={values[name]!r} is not a parameter of {cls.__name__}; it is sent "
-                "in the request body as given (model_kwargs). Check the spelling if that "
-                "is not what you meant.",
-                UserWarning,
-                stacklevel=2,
-            )
-            extra[name] = values.pop(name)
-        values["model_kwargs"] = extra
-        return values
+    _extra_arguments_field = "model_kwargs"
 
     def _resolve_model_profile(self) -> ModelProfile | None:
         p = self.nemo_profile

@@ -136,8 +136,11 @@ class _LlamaIndexSettings(CommonSettings):
 
     additional_kwargs: dict[str, Any] = Field(
         default_factory=dict,
-        description="Extra wire parameters, sent as they are after the backend's checks.",
+        description="Extra wire parameters, sent as they are after the backend's checks "
+        "(extra_body merged into the body, as OpenAILike does). Unknown constructor "
+        "arguments land here too, with a warning.",
     )
+    _extra_arguments_field = "additional_kwargs"
 
 
 class BaseNemoLLM(_LlamaIndexSettings, FunctionCallingLLM):

@@ -16,6 +16,7 @@ neutral object, reaches both frameworks and the wire.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, Field, PrivateAttr, SecretStr, model_validator
 
+from nemovlm.errors import UnsupportedInputError
 from nemovlm.media import MediaPolicy
 from nemovlm.model_ids import warn_if_near_miss
 from nemovlm.options import ImageTransport, RequestOptions, build_options
@@ -89,6 +91,38 @@ class CommonSettings(BaseModel):
     )
 
     _backend: Any = PrivateAttr(default=None)
+    _extra_arguments_field: ClassVar[str | None] = None
+    """The adapter's field of extra wire parameters (``model_kwargs``,
+    ``additional_kwargs``): unknown constructor arguments go there, with a warning."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unknown_arguments_go_on_the_wire(cls, values: Any) -> Any:
+        """An argument that names no field (``top_k=7``, a typo) is warned about and sent
+        in the request body (as ``ChatOpenAI``'s ``build_extra`` does), never dropped."""
+        field = cls._extra_arguments_field
+        if field is None or not isinstance(values, dict):
+            return values
+        known = set(cls.model_fields)
+        known |= {f.alias for f in cls.model_fields.values() if f.alias}
+        unknown = [name for name in values if name not in known]
+        if not unknown:
+            return values
+        values = dict(values)
+        extra = dict(values.get(field) or {})
+        for name in unknown:
+            if name in extra:
+                raise UnsupportedInputError(f"{name} is given both as an argument and in {field}.")
+            warnings.warn(
+                f"{name}={values[name]!r} is not a parameter of {cls.__name__}; it is sent "
+                f"in the request body as given ({field}). Check the spelling if that is "
+                "not what you meant.",
+                UserWarning,
+                stacklevel=2,
+            )
+            extra[name] = values.pop(name)
+        values[field] = extra
+        return values
 
     @model_validator(mode="after")
     def _warn_near_miss_model_id(self) -> CommonSettings:

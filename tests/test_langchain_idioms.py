@@ -92,6 +92,16 @@ def test_an_unknown_constructor_argument_warns_naming_it_and_reaches_the_request
     assert wire.last()["top_k"] == 7
 
 
+def test_response_format_in_model_kwargs_goes_the_models_own_way(
+    nim_url: str, wire: WireLog
+) -> None:
+    json_object = {"response_format": {"type": "json_object"}}
+    model(nim_url, model_kwargs=json_object).invoke("Give me 'name' as JSON.")
+    assert wire.last()["response_format"] == {"type": "json_object"}
+    model(nim_url, LLAMA8, model_kwargs=json_object).invoke("Give me 'name' as JSON.")
+    assert "response_format" not in wire.last()  # Llama Nano VL 8B: the prompt protocol
+
+
 def test_an_argument_given_twice_is_refused(nim_url: str) -> None:
     with pytest.raises(ValueError, match="top_k is given both"):
         model(nim_url, top_k=7, model_kwargs={"top_k": 8})

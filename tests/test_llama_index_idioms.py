@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,51 @@ def test_a_calls_extra_body_is_merged_after_the_settings(nim_url: str, wire: Wir
     llm = model(nim_url, additional_kwargs={"extra_body": {"top_k": 4}})
     llm.chat(user("hi"), extra_body={"top_k": 8})
     assert wire.last()["top_k"] == 8
+
+
+def test_an_unknown_constructor_argument_warns_naming_it_and_reaches_the_request(
+    nim_url: str, wire: WireLog
+) -> None:
+    with pytest.warns(UserWarning, match="top_k=7 is not a parameter of NemoVLM"):
+        llm = model(nim_url, top_k=7)
+    llm.chat(user("hi"))
+    assert wire.last()["top_k"] == 7
+
+
+def test_response_format_in_additional_kwargs_goes_the_models_own_way(
+    nim_url: str, wire: WireLog
+) -> None:
+    json_object = {"response_format": {"type": "json_object"}}
+    model(nim_url, additional_kwargs=json_object).chat(user("Give me 'name' as JSON."))
+    assert wire.last()["response_format"] == {"type": "json_object"}
+    answer = model(nim_url, LLAMA8, additional_kwargs=json_object).chat(user("'name' as JSON"))
+    assert "response_format" not in wire.last()  # Llama Nano VL 8B: the prompt protocol
+    assert json.loads(answer.message.content or "") == {"name": "[nemovlm emulator] name"}
+
+
+# --- n and logprobs -----------------------------------------------------------------------
+
+
+def test_n_choices_are_all_in_raw_choices(nim_url: str, wire: WireLog) -> None:
+    response = model(nim_url).chat(user("hi"), n=3)
+    assert wire.last()["n"] == 3
+    texts = [c["message"]["content"] for c in response.raw["choices"]]  # type: ignore[index]
+    assert len(set(texts)) == 3 and texts[0] == response.message.content
+
+
+def test_logprobs_come_back_as_llama_index_logprobs(nim_url: str) -> None:
+    response = model(nim_url).chat(user("hi"), logprobs=True, top_logprobs=2)
+    assert response.logprobs is not None
+    assert len(response.logprobs) > 1 and all(len(top) == 2 for top in response.logprobs)
+
+
+def test_streamed_logprobs_come_with_each_piece(nim_url: str) -> None:
+    responses = list(model(nim_url).stream_chat(user("hi"), logprobs=True))
+    pieces = [r for r in responses if r.delta]
+    assert all(r.logprobs for r in pieces)
+    assert "".join(t[0].token for r in pieces for t in r.logprobs or []) == "".join(
+        r.delta or "" for r in pieces
+    )
 
 
 # --- agents and synthesizers --------------------------------------------------------------
