@@ -41,6 +41,11 @@ def get_weather(city: str) -> str:
     return f"Sunny in {city}"
 
 
+def get_time(zone: str) -> str:
+    """The time in a zone."""
+    return f"Noon in {zone}"
+
+
 def model(url: str, name: str = NANO12, **kwargs: Any) -> NemoVLM:
     return NemoVLM(model=name, base_url=url, max_retries=0, **kwargs)
 
@@ -82,6 +87,14 @@ def test_response_format_in_additional_kwargs_goes_the_models_own_way(
     answer = model(nim_url, LLAMA8, additional_kwargs=json_object).chat(user("'name' as JSON"))
     assert "response_format" not in wire.last()  # Llama Nano VL 8B: the prompt protocol
     assert json.loads(answer.message.content or "") == {"name": "[nemovlm emulator] name"}
+
+
+def test_strict_reaches_every_tool_never_the_top_level(nim_url: str, wire: WireLog) -> None:
+    tools = [FunctionTool.from_defaults(get_weather), FunctionTool.from_defaults(get_time)]
+    model(nim_url, additional_kwargs={"strict": True}).chat_with_tools(tools, "Weather?")
+    body = wire.last()
+    assert [t["function"]["strict"] for t in body["tools"]] == [True, True]
+    assert "strict" not in body
 
 
 # --- n and logprobs -----------------------------------------------------------------------
