@@ -16,6 +16,7 @@ neutral object, reaches both frameworks and the wire.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -38,6 +39,24 @@ if TYPE_CHECKING:
 # nemovlm.backends.fal.UPLOAD_THRESHOLD_BYTES; not imported, so the core's settings load
 # without the ``fal`` extra.
 _FAL_UPLOAD_THRESHOLD_BYTES = 1_000_000
+
+
+# Packages between a user's ``ChatNemoVLM(...)`` and a validator here.
+_OUR_STACK = frozenset(
+    {"pydantic", "langchain_core", "llama_index", "nemovlm", "langchain_nemovlm",
+     "llama_index_nemovlm"}
+)  # fmt: skip
+
+
+def _callers_level() -> int:
+    """The ``stacklevel`` of the first frame outside the libraries that build a model,
+    so a warning points at the user's line, not at pydantic's."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and (
+        str(frame.f_globals.get("__name__", "")).split(".")[0] in _OUR_STACK
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _secret_from_env(name: str) -> Callable[[], SecretStr | None]:
@@ -118,7 +137,7 @@ class CommonSettings(BaseModel):
                 f"in the request body as given ({field}). Check the spelling if that is "
                 "not what you meant.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=_callers_level(),
             )
             extra[name] = values.pop(name)
         values[field] = extra

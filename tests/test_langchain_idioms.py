@@ -86,8 +86,9 @@ def test_model_kwargs_keep_working_beside_extra_body(nim_url: str, wire: WireLog
 def test_an_unknown_constructor_argument_warns_naming_it_and_reaches_the_request(
     nim_url: str, wire: WireLog
 ) -> None:
-    with pytest.warns(UserWarning, match="top_k=7 is not a parameter of ChatNemoVLM"):
+    with pytest.warns(UserWarning, match="top_k=7 is not a parameter of ChatNemoVLM") as seen:
         llm = model(nim_url, top_k=7)
+    assert seen[0].filename == __file__  # the user's line, not pydantic's
     llm.invoke("hi")
     assert wire.last()["top_k"] == 7
 

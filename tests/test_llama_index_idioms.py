@@ -72,8 +72,9 @@ def test_a_calls_extra_body_is_merged_after_the_settings(nim_url: str, wire: Wir
 def test_an_unknown_constructor_argument_warns_naming_it_and_reaches_the_request(
     nim_url: str, wire: WireLog
 ) -> None:
-    with pytest.warns(UserWarning, match="top_k=7 is not a parameter of NemoVLM"):
+    with pytest.warns(UserWarning, match="top_k=7 is not a parameter of NemoVLM") as seen:
         llm = model(nim_url, top_k=7)
+    assert seen[0].filename == __file__  # the user's line, not pydantic's
     llm.chat(user("hi"))
     assert wire.last()["top_k"] == 7
 
