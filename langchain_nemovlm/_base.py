@@ -20,6 +20,10 @@ from langchain_core.language_models import BaseChatModel, LanguageModelInput, Mo
 from langchain_core.language_models.chat_models import LangSmithParams
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+from langchain_core.output_parsers.openai_tools import (
+    JsonOutputKeyToolsParser,
+    PydanticToolsParser,
+)
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
@@ -30,14 +34,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from langchain_nemovlm._convert import (
     map_messages,
     process_delta,
+    process_llm_output,
     process_reply,
     process_response_metadata,
 )
 from nemovlm.errors import UnsupportedInputError
-from nemovlm.messages import Delta, ToolSpec, Turn
+from nemovlm.messages import Delta, Reply, ToolSpec, Turn
 from nemovlm.options import RequestOptions
 from nemovlm.settings import CommonSettings
-from nemovlm.tools import normalize_tool_choice
+from nemovlm.tokens import estimate_text_tokens, estimate_tokens
+from nemovlm.tools import normalize_tool_choice, tool_spec_from_openai
 
 # LangChain's spellings of the core's settings, accepted as well as the core's names.
 _ALIASES = {"model": "model_name", "max_tokens": "max_completion_tokens"}
@@ -61,7 +67,13 @@ class BaseChatNemo(CommonSettings, BaseChatModel):
     streaming: bool = False
     """``invoke`` streams under the hood (so callbacks see tokens)."""
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Extra wire parameters, sent as they are after the backend's checks."""
+    """Extra wire parameters, sent as they are after the backend's checks. Unknown
+    constructor arguments land here too, with a warning (as ``ChatOpenAI`` does)."""
+    extra_body: dict[str, Any] | None = None
+    """Fields merged into the request body, as the ``openai`` SDK merges ``extra_body``
+    (they win over the others); a call's own ``extra_body`` is merged after it."""
+
+    _extra_arguments_field = "model_kwargs"
 
     def _resolve_model_profile(self) -> ModelProfile | None:
         p = self.nemo_profile
@@ -123,8 +135,11 @@ class BaseChatNemo(CommonSettings, BaseChatModel):
             )
         overrides = dict(kwargs)
         if "tools" in overrides:
-            overrides["tools"] = [_tool_spec_from_openai(t) for t in overrides["tools"]]
-        return self.request_options(overrides, extra=self.model_kwargs, stop=stop or self.stop)
+            overrides["tools"] = [_tool_spec(t) for t in overrides["tools"]]
+        extra = dict(self.model_kwargs)
+        if self.extra_body:
+            extra["extra_body"] = {**(extra.get("extra_body") or {}), **self.extra_body}
+        return self.request_options(overrides, extra=extra, stop=stop or self.stop)
 
     def _request(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
@@ -145,8 +160,7 @@ class BaseChatNemo(CommonSettings, BaseChatModel):
 
             return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
         turns, options = self._request(messages, stop, kwargs)
-        reply = self.backend.complete(turns, options)
-        return ChatResult(generations=[ChatGeneration(message=process_reply(reply, self.model))])
+        return self._chat_result(self.backend.complete(turns, options))
 
     async def _agenerate(
         self,
@@ -160,8 +174,49 @@ class BaseChatNemo(CommonSettings, BaseChatModel):
 
             return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
         turns, options = self._request(messages, stop, kwargs)
-        reply = await self.backend.acomplete(turns, options)
-        return ChatResult(generations=[ChatGeneration(message=process_reply(reply, self.model))])
+        return self._chat_result(await self.backend.acomplete(turns, options))
+
+    def _chat_result(self, reply: Reply) -> ChatResult:
+        """One generation per choice (``n > 1``), each with the whole reply's usage, as
+        ``ChatOpenAI`` fills them; ``llm_output`` as ``ChatOpenAI``'s."""
+        generations = [
+            ChatGeneration(message=process_reply(choice, self.model, usage=reply.usage))
+            for choice in reply.all_choices
+        ]
+        return ChatResult(generations=generations, llm_output=process_llm_output(reply, self.model))
+
+    def _combine_llm_outputs(self, llm_outputs: list[dict[str, Any] | None]) -> dict[str, Any]:
+        # generate()/batch over several prompts: token counts add up (as ChatOpenAI's).
+        combined: dict[str, Any] = {"token_usage": {}}
+        for output in llm_outputs:
+            if not output:
+                continue
+            for key, value in output.items():
+                if key != "token_usage":
+                    combined.setdefault(key, value)
+            _add_counts(combined["token_usage"], output.get("token_usage") or {})
+        return combined
+
+    # --- token counting ----------------------------------------------------------
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """An **estimate** of the prompt tokens ``messages`` (and ``tools``) cost, made
+        offline (``nemovlm.tokens.estimate_tokens``): text by a rule of thumb, images
+        from the model's tiling, videos by sampled frames; nothing is downloaded. Not
+        exact: the reply's ``usage_metadata`` is the true count. What
+        ``trim_messages(token_counter=llm)`` calls."""
+        specs = [_tool_spec(convert_to_openai_tool(t)) for t in tools or ()]
+        turns = map_messages(messages, self.media_policy())
+        return estimate_tokens(
+            turns, self.nemo_profile, tools=specs, options=self.request_defaults()
+        )
+
+    def get_num_tokens(self, text: str) -> int:
+        """An **estimate** of the tokens in ``text``, made offline (no tokenizer
+        download)."""
+        return estimate_text_tokens(text)
 
     def _stream(
         self,
@@ -214,7 +269,7 @@ class BaseChatNemo(CommonSettings, BaseChatModel):
         formatted = [convert_to_openai_tool(t) for t in tools]
         if tool_choice is not None:
             kwargs["tool_choice"] = normalize_tool_choice(
-                tool_choice, tuple(_tool_spec_from_openai(t) for t in formatted)
+                tool_choice, tuple(_tool_spec(t) for t in formatted)
             )
         return super().bind(tools=formatted, **kwargs)
 
@@ -229,12 +284,52 @@ class BaseChatNemo(CommonSettings, BaseChatModel):
     ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
         """Structured output. ``json_schema`` (default): ``response_format`` where the
         model honours it, else the core's prompt protocol; ``function_calling``: a forced
-        tool call (native or prompted)."""
-        if schema is None:
-            raise UnsupportedInputError("with_structured_output needs a schema.")
-        if method == "function_calling":
-            return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
+        tool call (native or prompted), ``strict`` on the tool; ``json_mode``: any JSON
+        object (``response_format: {"type": "json_object"}`` where the model takes it,
+        the prompt protocol elsewhere), the schema only parses the answer and may be
+        left out."""
+        if kwargs:
+            raise UnsupportedInputError(
+                f"with_structured_output does not take {sorted(kwargs)}; bind call "
+                "arguments with .bind(...) first."
+            )
         is_model = isinstance(schema, type) and is_basemodel_subclass(schema)  # v2 or v1
+        parser: Runnable[Any, Any] = (
+            PydanticOutputParser(pydantic_object=schema) if is_model else JsonOutputParser()  # type: ignore[arg-type]
+        )
+        llm: Runnable[LanguageModelInput, Any]
+        if method == "json_mode":
+            llm = self.bind(
+                json_mode=True,
+                ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
+            )
+            return _with_raw(llm, parser) if include_raw else llm | parser
+        if schema is None:
+            raise UnsupportedInputError(
+                f"with_structured_output(method={method!r}) needs a schema; "
+                "method='json_mode' takes none."
+            )
+        if method == "function_calling":
+            # BaseChatModel's own drops ``strict``; the tool carries it here.
+            bound = {} if strict is None else {"strict": strict}
+            llm = self.bind_tools(
+                [schema],
+                tool_choice="any",
+                ls_structured_output_format={
+                    "kwargs": {"method": method, "strict": strict},
+                    "schema": schema,
+                },
+                **bound,
+            )
+            tools_parser: Runnable[Any, Any] = (
+                PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
+                if is_model
+                else JsonOutputKeyToolsParser(
+                    key_name=convert_to_openai_tool(schema)["function"]["name"],
+                    first_tool_only=True,
+                )
+            )
+            return _with_raw(llm, tools_parser) if include_raw else llm | tools_parser
         tool = convert_to_openai_tool(schema)["function"]
         json_schema: dict[str, Any] = {"name": tool["name"], "schema": tool["parameters"]}
         if strict is not None:
@@ -243,18 +338,28 @@ class BaseChatNemo(CommonSettings, BaseChatModel):
             json_schema=json_schema,
             ls_structured_output_format={"kwargs": {"method": method}, "schema": tool},
         )
-        parser: Runnable[Any, Any] = (
-            PydanticOutputParser(pydantic_object=schema) if is_model else JsonOutputParser()  # type: ignore[arg-type]
-        )
-        if not include_raw:
-            return llm | parser
-        parsed = RunnablePassthrough.assign(
-            parsed=lambda x: parser.invoke(x["raw"]), parsing_error=lambda _: None
-        ).with_fallbacks(
-            [RunnablePassthrough.assign(parsed=lambda _: None)],
-            exception_key="parsing_error",
-        )
-        return RunnableMap(raw=llm) | parsed
+        return _with_raw(llm, parser) if include_raw else llm | parser
+
+
+def _add_counts(total: dict[str, Any], more: dict[str, Any]) -> None:
+    for key, value in more.items():
+        if isinstance(value, dict):
+            _add_counts(total.setdefault(key, {}), value)
+        elif isinstance(value, int):
+            total[key] = total.get(key, 0) + value
+
+
+def _with_raw(
+    llm: Runnable[LanguageModelInput, Any], parser: Runnable[Any, Any]
+) -> Runnable[LanguageModelInput, dict[str, Any]]:
+    """``{"raw", "parsed", "parsing_error"}``, as ``include_raw=True`` promises."""
+    parsed = RunnablePassthrough.assign(
+        parsed=lambda x: parser.invoke(x["raw"]), parsing_error=lambda _: None
+    ).with_fallbacks(
+        [RunnablePassthrough.assign(parsed=lambda _: None)],
+        exception_key="parsing_error",
+    )
+    return RunnableMap(raw=llm) | parsed
 
 
 class _StreamTail:
@@ -283,7 +388,14 @@ class _StreamTail:
         return ChatGenerationChunk(message=process_delta(Delta(), meta))
 
 
-def _tool_spec_from_openai(tool: dict[str, Any]) -> ToolSpec:
-    """An OpenAI tool dict (``convert_to_openai_tool``'s) as the core's ``ToolSpec``."""
-    fn = tool.get("function", tool)
-    return ToolSpec(fn["name"], fn.get("description", ""), fn.get("parameters") or {})
+def _tool_spec(tool: Any) -> ToolSpec:
+    """A bound tool (``convert_to_openai_tool``'s dict, or a ``ToolSpec``) for the core."""
+    if isinstance(tool, ToolSpec):
+        return tool
+    spec = tool_spec_from_openai(tool) if isinstance(tool, dict) else None
+    if spec is None:
+        raise UnsupportedInputError(
+            f"Cannot use {tool!r} as a tool: bind tools with bind_tools(), or pass OpenAI "
+            "tool dicts {'type': 'function', 'function': {'name': ..., 'parameters': ...}}."
+        )
+    return spec

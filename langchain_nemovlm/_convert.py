@@ -177,6 +177,20 @@ def _process_usage(usage: Usage | None) -> UsageMetadata | None:
     return meta
 
 
+def _process_token_usage(usage: Usage | None) -> dict[str, Any] | None:
+    """Usage under OpenAI's names, as ``ChatOpenAI`` puts it in ``token_usage``."""
+    if usage is None:
+        return None
+    counts: dict[str, Any] = {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.total_tokens or usage.input_tokens + usage.output_tokens,
+    }
+    if usage.reasoning_tokens is not None:
+        counts["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+    return counts
+
+
 def process_response_metadata(
     model: str | None, finish_reason: str | None, response_id: str | None, extra: dict[str, Any]
 ) -> dict[str, Any]:
@@ -189,10 +203,35 @@ def process_response_metadata(
     return meta
 
 
-def process_reply(reply: Reply, model: str) -> AIMessage:
+def process_llm_output(reply: Reply, model: str) -> dict[str, Any]:
+    """``ChatResult.llm_output`` as ``ChatOpenAI`` fills it."""
+    out: dict[str, Any] = {
+        "token_usage": _process_token_usage(reply.usage) or {},
+        "model_provider": "nvidia",
+        "model_name": reply.model or model,
+    }
+    if reply.response_id:
+        out["id"] = reply.response_id
+    return out
+
+
+def _process_logprobs(logprobs: list[dict[str, Any]] | None) -> dict[str, Any]:
+    # ChatOpenAI's shape: the choice's ``logprobs`` object, tokens under "content".
+    return {"logprobs": {"content": logprobs}} if logprobs is not None else {}
+
+
+def process_reply(reply: Reply, model: str, usage: Usage | None = None) -> AIMessage:
+    """One choice as an ``AIMessage``; ``usage``: the whole reply's (``n > 1``: each
+    choice carries it, as ``ChatOpenAI`` does), else the choice's own."""
+    usage = usage or reply.usage
     extra: dict[str, Any] = {}
     if reply.reasoning:
         extra["reasoning_content"] = reply.reasoning
+    metadata = dict(reply.metadata)
+    token_usage = _process_token_usage(usage)
+    if token_usage is not None:
+        metadata["token_usage"] = token_usage
+    metadata.update(_process_logprobs(reply.logprobs))
     return AIMessage(
         content=reply.text,
         additional_kwargs=extra,
@@ -201,23 +240,35 @@ def process_reply(reply: Reply, model: str) -> AIMessage:
             invalid_tool_call(name=c.name, args=c.arguments, id=c.id, error=c.error)
             for c in reply.invalid_tool_calls
         ],
-        usage_metadata=_process_usage(reply.usage),
+        usage_metadata=_process_usage(usage),
         response_metadata=process_response_metadata(
-            reply.model or model, reply.finish_reason, reply.response_id, reply.metadata
+            reply.model or model, reply.finish_reason, reply.response_id, metadata
         ),
         id=reply.response_id,
     )
 
 
+# Tool call chunks are numbered apart from the reasoning and text blocks: with
+# output_version="v1" LangChain numbers those by their order (0, 1, ...) and takes a
+# tool call chunk's index as its content block's, so a call at index 0 would be folded
+# into the reasoning block before it.
+_STREAMED_CALLS = 100
+
+
 def process_delta(delta: Delta, response_metadata: dict[str, Any] | None = None) -> AIMessageChunk:
     """One chunk; ``response_metadata`` goes on the last chunk only, because LangChain
-    concatenates string metadata when it adds chunks."""
+    concatenates string metadata when it adds chunks (logprobs, a list, add up and go
+    on every chunk that has some)."""
     extra: dict[str, Any] = {}
     if delta.reasoning:
         extra["reasoning_content"] = delta.reasoning
     chunks = [
         LCToolCallChunk(
-            name=c.name, args=c.arguments or None, id=c.id, index=c.index, type="tool_call_chunk"
+            name=c.name,
+            args=c.arguments or None,
+            id=c.id,
+            index=_STREAMED_CALLS + c.index,
+            type="tool_call_chunk",
         )
         for c in delta.tool_call_chunks
     ]
@@ -253,7 +304,7 @@ def process_delta(delta: Delta, response_metadata: dict[str, Any] | None = None)
         additional_kwargs=extra,
         tool_call_chunks=chunks,
         usage_metadata=_process_usage(delta.usage),
-        response_metadata=response_metadata or {},
+        response_metadata={**(response_metadata or {}), **_process_logprobs(delta.logprobs)},
         id=delta.response_id,
         **kwargs,
     )

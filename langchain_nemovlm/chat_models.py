@@ -14,8 +14,10 @@ from nemovlm.settings import NimSettings
 class ChatNemoVLM(NimSettings, BaseChatNemo):
     """A NIM vision-language model (OpenAI-compatible), with every model quirk handled.
 
-    ``base_url``: the argument, else ``NVIDIA_BASE_URL``, else NVIDIA's hosted API
-    catalog. ``api_key``: the argument, else ``NVIDIA_API_KEY`` (a local NIM needs none).
+    ``model``: Nemotron Nano 12B v2 VL unless given. ``base_url`` (or
+    ``nvidia_base_url``): the argument, else ``NVIDIA_BASE_URL``, else NVIDIA's hosted
+    API catalog. ``api_key`` (or ``nvidia_api_key``): the argument, else
+    ``NVIDIA_API_KEY`` (a local NIM needs none).
 
     Example:
         .. code-block:: python
@@ -36,6 +38,13 @@ class ChatNemoVLM(NimSettings, BaseChatNemo):
     ``video_fps`` or ``video_num_frames`` (one of them, at most 128 frames) and
     ``max_num_tiles``. Tools: ``bind_tools`` (native where the NIM has them, a prompt
     protocol otherwise); ``with_structured_output``.
+
+    As ``ChatOpenAI``: ``extra_body`` (constructor or call) is merged into the request
+    body, unknown constructor arguments are warned about and sent (``model_kwargs``),
+    ``n`` gives one generation per choice, ``logprobs`` land in
+    ``response_metadata["logprobs"]``. ``available_models`` lists what the server
+    serves; ``get_num_tokens_from_messages`` is an offline estimate. See
+    ``docs/idioms.md``.
     """
 
     model_config = ConfigDict(

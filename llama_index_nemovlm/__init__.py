@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from llama_index_nemovlm._base import InputRefusedError
 from llama_index_nemovlm.nim import NemoVLM, NemoVLMMultiModal
 
 if TYPE_CHECKING:
     from llama_index_nemovlm.fal import NemoFal, NemoFalMultiModal
 
-__all__ = ["NemoFal", "NemoFalMultiModal", "NemoVLM", "NemoVLMMultiModal"]
+__all__ = ["InputRefusedError", "NemoFal", "NemoFalMultiModal", "NemoVLM", "NemoVLMMultiModal"]
 
 
 def __getattr__(name: str) -> Any:

@@ -14,9 +14,10 @@ through the same mapping as an ``ImageBlock``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any, ClassVar
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -31,12 +32,14 @@ from llama_index.core.base.llms.types import (
     MessageRole,
     ToolCallBlock,
 )
+from llama_index.core.chat_engine.types import AgentChatResponse
 from llama_index.core.constants import DEFAULT_NUM_INPUT_FILES, DEFAULT_NUM_OUTPUTS
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.multi_modal_llms import MultiModalLLM, MultiModalLLMMetadata
 from llama_index.core.schema import ImageDocument, ImageNode
+from llama_index.core.types import TokenAsyncGen, TokenGen
 from pydantic import Field, PrivateAttr, SecretStr, field_serializer
 
 from llama_index_nemovlm._convert import (
@@ -48,14 +51,78 @@ from llama_index_nemovlm._convert import (
     process_tool_selections,
     tool_spec_from_llama_index,
 )
+from nemovlm.errors import (
+    IncompleteResponseError,
+    MissingCredentialsError,
+    NemoVLMError,
+    UnsupportedInputError,
+)
 from nemovlm.messages import TextPart, Turn
 from nemovlm.options import RequestOptions
 from nemovlm.settings import CommonSettings
+from nemovlm.tokens import estimate_text_tokens, estimate_tokens
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
 
 ImageDocuments = Sequence[ImageNode | ImageDocument | ImageBlock]
+_T = TypeVar("_T")
+
+
+class InputRefusedError(NemoVLMError):
+    """An ``UnsupportedInputError`` or ``MissingCredentialsError`` met inside the methods
+    LlamaIndex's own components call (``predict``, ``structured_predict``,
+    ``predict_and_call``, ``stream`` and their async twins).
+
+    Those two are ``ValueError``s, and ``Refine`` and other synthesizers catch
+    ``ValueError`` and answer "Empty Response": this class is not one, so the refusal
+    reaches the user. The original error is ``__cause__`` (and ``refusal``); the message
+    is the same. ``chat``/``complete`` and the rest raise the original classes.
+    """
+
+    def __init__(self, refusal: UnsupportedInputError | MissingCredentialsError) -> None:
+        super().__init__(str(refusal))
+        self.refusal = refusal
+
+
+@contextmanager
+def _refusals_propagate() -> Iterator[None]:
+    try:
+        yield
+    except (UnsupportedInputError, MissingCredentialsError) as exc:
+        raise InputRefusedError(exc) from exc
+
+
+# The core phrases its advice with LangChain's method names; a LlamaIndex user reads
+# their own. Rewritten where an error leaves this adapter (``_in_llama_index_words``).
+_METHOD_NAMES = {
+    "invoke()": "chat() (or complete())",
+    "stream()": "stream_chat() (or stream_complete())",
+}
+_METHOD_NAME = re.compile("|".join(re.escape(name) for name in _METHOD_NAMES))
+
+
+@contextmanager
+def _in_llama_index_words() -> Iterator[None]:
+    try:
+        yield
+    except UnsupportedInputError as exc:
+        exc.args = tuple(
+            _METHOD_NAME.sub(lambda m: _METHOD_NAMES[m.group()], a) if isinstance(a, str) else a
+            for a in exc.args
+        )
+        raise
+
+
+def _propagating(items: Iterator[_T]) -> Generator[_T, None, None]:
+    with _refusals_propagate():
+        yield from items
+
+
+async def _apropagating(items: AsyncIterator[_T]) -> AsyncGenerator[_T, None]:
+    with _refusals_propagate():
+        async for item in items:
+            yield item
 
 
 class _LlamaIndexSettings(CommonSettings):
@@ -69,8 +136,11 @@ class _LlamaIndexSettings(CommonSettings):
 
     additional_kwargs: dict[str, Any] = Field(
         default_factory=dict,
-        description="Extra wire parameters, sent as they are after the backend's checks.",
+        description="Extra wire parameters, sent as they are after the backend's checks "
+        "(extra_body merged into the body, as OpenAILike does). Unknown constructor "
+        "arguments land here too, with a warning.",
     )
+    _extra_arguments_field = "additional_kwargs"
 
 
 class BaseNemoLLM(_LlamaIndexSettings, FunctionCallingLLM):
@@ -107,16 +177,22 @@ class BaseNemoLLM(_LlamaIndexSettings, FunctionCallingLLM):
         """Held around backend work only (the fal classes report queue progress in it)."""
         return nullcontext()
 
+    def _boundary(self) -> ExitStack:
+        """Held around backend work only: the fal classes report queue progress in it,
+        and errors leave it in LlamaIndex's words."""
+        stack = ExitStack()
+        stack.enter_context(_in_llama_index_words())
+        stack.enter_context(self._reporting())
+        return stack
+
     def _call(self, turns: list[Turn], kwargs: dict[str, Any]) -> ChatResponse:
-        options = self._options(kwargs)
-        with self._reporting():
-            reply = self.backend.complete(turns, options)
+        with self._boundary():
+            reply = self.backend.complete(turns, self._options(kwargs))
         return process_reply(reply, self.model)
 
     async def _acall(self, turns: list[Turn], kwargs: dict[str, Any]) -> ChatResponse:
-        options = self._options(kwargs)
-        with self._reporting():
-            reply = await self.backend.acomplete(turns, options)
+        with self._boundary():
+            reply = await self.backend.acomplete(turns, self._options(kwargs))
         return process_reply(reply, self.model)
 
     def _stream_call(self, turns: list[Turn], kwargs: dict[str, Any]) -> ChatResponseGen:
@@ -127,7 +203,7 @@ class BaseNemoLLM(_LlamaIndexSettings, FunctionCallingLLM):
             deltas = self.backend.stream(turns, options)
             while True:
                 # Not across the yield: the caller's code between chunks is not ours.
-                with self._reporting():
+                with self._boundary():
                     delta = next(deltas, None)
                 if delta is None:
                     break
@@ -145,7 +221,7 @@ class BaseNemoLLM(_LlamaIndexSettings, FunctionCallingLLM):
             state = ChatResponseAccumulator(self.model)
             deltas = aiter(self.backend.astream(turns, options))
             while True:
-                with self._reporting():
+                with self._boundary():
                     delta = await anext(deltas, None)
                 if delta is None:
                     break
@@ -155,6 +231,72 @@ class BaseNemoLLM(_LlamaIndexSettings, FunctionCallingLLM):
             yield state.last()
 
         return gen()
+
+    # --- what LlamaIndex's components call: refusals must get through ----------------
+    # Refine and other synthesizers catch ValueError around these (see InputRefusedError).
+
+    def predict(self, *args: Any, **kwargs: Any) -> str:
+        with _refusals_propagate():
+            return super().predict(*args, **kwargs)
+
+    async def apredict(self, *args: Any, **kwargs: Any) -> str:
+        with _refusals_propagate():
+            return await super().apredict(*args, **kwargs)
+
+    def structured_predict(self, *args: Any, **kwargs: Any) -> Any:
+        with _refusals_propagate():
+            return super().structured_predict(*args, **kwargs)
+
+    async def astructured_predict(self, *args: Any, **kwargs: Any) -> Any:
+        with _refusals_propagate():
+            return await super().astructured_predict(*args, **kwargs)
+
+    def predict_and_call(self, *args: Any, **kwargs: Any) -> AgentChatResponse:
+        with _refusals_propagate():
+            return super().predict_and_call(*args, **kwargs)
+
+    async def apredict_and_call(self, *args: Any, **kwargs: Any) -> AgentChatResponse:
+        with _refusals_propagate():
+            return await super().apredict_and_call(*args, **kwargs)
+
+    def stream(self, *args: Any, **kwargs: Any) -> TokenGen:
+        with _refusals_propagate():
+            return _propagating(super().stream(*args, **kwargs))
+
+    async def astream(self, *args: Any, **kwargs: Any) -> TokenAsyncGen:
+        with _refusals_propagate():
+            return _apropagating(await super().astream(*args, **kwargs))
+
+    def stream_structured_predict(self, *args: Any, **kwargs: Any) -> Generator[Any, None, None]:
+        with _refusals_propagate():
+            return _propagating(super().stream_structured_predict(*args, **kwargs))
+
+    async def astream_structured_predict(
+        self, *args: Any, **kwargs: Any
+    ) -> AsyncGenerator[Any, None]:
+        with _refusals_propagate():
+            return _apropagating(await super().astream_structured_predict(*args, **kwargs))
+
+    # --- token counting ----------------------------------------------------------
+
+    def count_tokens(self, messages: Sequence[ChatMessage], tools: Sequence[BaseTool] = ()) -> int:
+        """An **estimate** of the prompt tokens ``messages`` (and ``tools``) cost, made
+        offline (``nemovlm.tokens.estimate_tokens``): text by a rule of thumb, images
+        from the model's tiling, videos by sampled frames; nothing is downloaded. Not
+        exact: ``raw["usage"]`` of a response is the true count."""
+        specs = [tool_spec_from_llama_index(t) for t in tools]
+        return estimate_tokens(
+            self._turns(messages), self.nemo_profile, tools=specs, options=self.request_defaults()
+        )
+
+    @property
+    def tokenizer(self) -> Callable[[str], list[int]]:
+        """A tokenizer for LlamaIndex's token counting that needs no download:
+        ``TokenCountingHandler(tokenizer=llm.tokenizer)``,
+        ``Memory.from_defaults(tokenizer_fn=llm.tokenizer)``, ``Settings.tokenizer``.
+        An **estimate**: LlamaIndex reads only the length of what it returns, a list as
+        long as ``nemovlm.tokens.estimate_text_tokens`` counts (not real token ids)."""
+        return _estimating_tokenizer
 
     # --- LlamaIndex endpoints ---------------------------------------------------
 
@@ -248,7 +390,14 @@ class BaseNemoLLM(_LlamaIndexSettings, FunctionCallingLLM):
         **kwargs: Any,
     ) -> list[ToolSelection]:
         """The response's tool calls as ``ToolSelection``s (``ToolCallBlock``s first, else
-        OpenAI-shaped ``additional_kwargs["tool_calls"]``)."""
+        OpenAI-shaped ``additional_kwargs["tool_calls"]``).
+
+        A call whose arguments did not parse is never passed over: with
+        ``error_on_no_tool_call=False`` (what ``FunctionAgent`` asks) it raises
+        ``IncompleteResponseError`` naming the tool and why, rather than letting the
+        agent take the turn for a final answer."""
+        if not error_on_no_tool_call:
+            _refuse_unparsed_tool_calls(response)
         return process_tool_selections(response, error_on_no_tool_call)
 
 
@@ -335,6 +484,10 @@ class BaseNemoMultiModal(_LlamaIndexSettings, MultiModalLLM):
         return self.llm._astream_call(self.llm._turns(messages), kwargs)
 
 
+def _estimating_tokenizer(text: str) -> list[int]:
+    return [0] * estimate_text_tokens(text)
+
+
 def _prompt_turns(prompt: str) -> list[Turn]:
     return [Turn("user", [TextPart(prompt)])]
 
@@ -347,6 +500,17 @@ def _completions(responses: ChatResponseGen) -> CompletionResponseGen:
 async def _acompletions(responses: ChatResponseAsyncGen) -> CompletionResponseAsyncGen:
     async for response in responses:
         yield process_completion(response)
+
+
+def _refuse_unparsed_tool_calls(response: ChatResponse) -> None:
+    invalid = response.message.additional_kwargs.get("invalid_tool_calls") or []
+    if not invalid:
+        return
+    why = "; ".join(f"{c.get('name')!r}: {c.get('error')}" for c in invalid)
+    raise IncompleteResponseError(
+        f"The model called a tool but the call did not parse ({why}); nothing was run. "
+        "Ask again, or give the model a simpler tool signature."
+    )
 
 
 def _keep_first_tool_call(response: ChatResponse) -> None:

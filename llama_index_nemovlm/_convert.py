@@ -37,6 +37,7 @@ from llama_index.core.base.llms.types import (
     CompletionResponse,
     DocumentBlock,
     ImageBlock,
+    LogProb,
     MessageRole,
     TextBlock,
     ThinkingBlock,
@@ -63,7 +64,7 @@ from nemovlm.messages import (
     Usage,
 )
 from nemovlm.pipeline import assemble_reply
-from nemovlm.tools import parse_arguments
+from nemovlm.tools import parse_arguments, tool_spec_from_openai
 
 _ROLES: dict[str, Role] = {
     MessageRole.SYSTEM.value: "system",
@@ -229,10 +230,9 @@ def tool_spec_from_llama_index(tool: Any) -> ToolSpec:
     metadata = getattr(tool, "metadata", None)
     if metadata is not None and hasattr(metadata, "to_openai_tool"):
         tool = metadata.to_openai_tool(skip_length_check=True)
-    if isinstance(tool, dict):
-        fn = tool.get("function", tool)
-        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
-            return ToolSpec(fn["name"], fn.get("description") or "", fn.get("parameters") or {})
+    spec = tool_spec_from_openai(tool) if isinstance(tool, dict) else None
+    if spec is not None:
+        return spec
     raise UnsupportedInputError(
         f"Cannot use {tool!r} as a tool: pass LlamaIndex tools (FunctionTool...) or OpenAI "
         "tool dicts {'type': 'function', 'function': {'name': ..., 'parameters': ...}}."
@@ -265,7 +265,37 @@ def _process_raw(reply: Reply | Delta, model: str) -> dict[str, Any]:
     }
     if reply.metadata:
         raw["metadata"] = dict(reply.metadata)
+    if isinstance(reply, Reply) and reply.choices:
+        # n > 1: the response is the first choice; every choice is here, OpenAI-shaped,
+        # as in OpenAILike's raw completion.
+        raw["choices"] = [_process_choice(i, c) for i, c in enumerate(reply.choices)]
     return raw
+
+
+def _process_choice(index: int, choice: Reply) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": choice.text}
+    if choice.reasoning:
+        message["reasoning_content"] = choice.reasoning
+    if choice.tool_calls:
+        message["tool_calls"] = [
+            _openai_call(c.id, c.name, json.dumps(c.arguments)) for c in choice.tool_calls
+        ]
+    return {"index": index, "message": message, "finish_reason": choice.finish_reason}
+
+
+def _process_logprobs(logprobs: list[dict[str, Any]] | None) -> list[list[LogProb]] | None:
+    """Per generated token, its ``top_logprobs`` as LlamaIndex's ``LogProb``s (as
+    LlamaIndex's OpenAI class gives them); the token itself when no alternatives were
+    asked for."""
+    if logprobs is None:
+        return None
+    return [
+        [
+            LogProb(token=t["token"], logprob=t["logprob"], bytes=t.get("bytes") or [])
+            for t in (token.get("top_logprobs") or [token])
+        ]
+        for token in logprobs
+    ]
 
 
 def _openai_call(call_id: str | None, name: str | None, arguments: str) -> dict[str, Any]:
@@ -311,6 +341,7 @@ def process_reply(reply: Reply, model: str) -> ChatResponse:
         message=message,
         raw=_process_raw(reply, model),
         additional_kwargs=_process_usage(reply.usage),
+        logprobs=_process_logprobs(reply.logprobs),
     )
 
 
@@ -350,6 +381,7 @@ class ChatResponseAccumulator:
             delta=delta.text,
             raw=_process_raw(delta, self.model),
             additional_kwargs=extra,
+            logprobs=_process_logprobs(delta.logprobs),
         )
 
     def last(self) -> ChatResponse:
@@ -373,6 +405,7 @@ def process_completion(response: ChatResponse) -> CompletionResponse:
         additional_kwargs=extra,
         raw=response.raw,
         delta=response.delta,
+        logprobs=response.logprobs,
     )
 
 

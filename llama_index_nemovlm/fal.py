@@ -67,4 +67,5 @@ class NemoFalMultiModal(FalSettings, _QueueUpdates, BaseNemoMultiModal):
 
     @classmethod
     def class_name(cls) -> str:
-        return "NemoFalMultiModal"
+        # LlamaIndex's multi-modal index looks for "multi" in it and warns otherwise.
+        return "nemofal_multi_modal_llm"

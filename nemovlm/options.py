@@ -83,7 +83,8 @@ def build_options(
 
     Keys that name a ``RequestOptions`` field set it (``None`` in ``overrides`` keeps
     the setting); any other override key is a backend-specific parameter and lands in
-    ``extra`` (after ``defaults.extra`` and ``extra``, e.g. ``model_kwargs``). ``tools``
+    ``extra`` (after ``defaults.extra`` and ``extra``, e.g. ``model_kwargs``), except
+    ``response_format``, read as a call's wherever it is given. ``tools``
     must already be ``ToolSpec``s; ``tool_choice`` is normalised against them.
 
     ``extra_body`` (in the settings, in ``extra`` or in ``overrides``) is merged into
@@ -96,7 +97,12 @@ def build_options(
     wire = {**defaults.extra, **(extra or {})}
     bodies = [wire.pop("extra_body", None)]
     strict = wire.pop("strict", None)  # a tool setting, never a top-level wire key
-    for key, value in (overrides or {}).items():
+    calls = dict(overrides or {})
+    if "response_format" in wire:
+        # model_kwargs / additional_kwargs={"response_format": ...}, as OpenAI users
+        # write it: read the model's own way too, a call's own winning.
+        calls.setdefault("response_format", wire.pop("response_format"))
+    for key, value in calls.items():
         if key in _FIELDS:
             if value is not None:
                 values[key] = value

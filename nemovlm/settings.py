@@ -16,28 +16,50 @@ neutral object, reaches both frameworks and the wire.
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, Field, PrivateAttr, SecretStr
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, model_validator
 
+from nemovlm.errors import UnsupportedInputError
 from nemovlm.hosted import HostedMedia, decide_hosted
 from nemovlm.media import MediaPolicy
+from nemovlm.model_ids import warn_if_near_miss
 from nemovlm.options import ImageTransport, RequestOptions, build_options
-from nemovlm.profiles import Backend, ModelProfile, get_profile
+from nemovlm.profiles import PROFILES, Backend, ModelProfile, get_profile
 from nemovlm.secrets import BaseURL, Headers
 
 if TYPE_CHECKING:
     from nemovlm.backends import ChatBackend
     from nemovlm.backends.fal import FalBackend
-    from nemovlm.backends.nim import NIMBackend
+    from nemovlm.backends.nim import NIMBackend, ServedModel
 
 # nemovlm.backends.fal.UPLOAD_THRESHOLD_BYTES; not imported, so the core's settings load
 # without the ``fal`` extra.
 _FAL_UPLOAD_THRESHOLD_BYTES = 1_000_000
 _POLICY = MediaPolicy()  # the media limits' defaults live on MediaPolicy
+
+
+# Packages between a user's ``ChatNemoVLM(...)`` and a validator here.
+_OUR_STACK = frozenset(
+    {"pydantic", "langchain_core", "llama_index", "nemovlm", "langchain_nemovlm",
+     "llama_index_nemovlm"}
+)  # fmt: skip
+
+
+def _callers_level() -> int:
+    """The ``stacklevel`` of the first frame outside the libraries that build a model,
+    so a warning points at the user's line, not at pydantic's."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and (
+        str(frame.f_globals.get("__name__", "")).split(".")[0] in _OUR_STACK
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _secret_from_env(name: str) -> Callable[[], SecretStr | None]:
@@ -106,6 +128,44 @@ class CommonSettings(BaseModel):
     )
 
     _backend: Any = PrivateAttr(default=None)
+    _extra_arguments_field: ClassVar[str | None] = None
+    """The adapter's field of extra wire parameters (``model_kwargs``,
+    ``additional_kwargs``): unknown constructor arguments go there, with a warning."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unknown_arguments_go_on_the_wire(cls, values: Any) -> Any:
+        """An argument that names no field (``top_k=7``, a typo) is warned about and sent
+        in the request body (as ``ChatOpenAI``'s ``build_extra`` does), never dropped."""
+        field = cls._extra_arguments_field
+        if field is None or not isinstance(values, dict):
+            return values
+        known = set(cls.model_fields)
+        known |= {f.alias for f in cls.model_fields.values() if f.alias}
+        unknown = [name for name in values if name not in known]
+        if not unknown:
+            return values
+        values = dict(values)
+        extra = dict(values.get(field) or {})
+        for name in unknown:
+            if name in extra:
+                raise UnsupportedInputError(f"{name} is given both as an argument and in {field}.")
+            warnings.warn(
+                f"{name}={values[name]!r} is not a parameter of {cls.__name__}; it is sent "
+                f"in the request body as given ({field}). Check the spelling if that is "
+                "not what you meant.",
+                UserWarning,
+                stacklevel=_callers_level(),
+            )
+            extra[name] = values.pop(name)
+        values[field] = extra
+        return values
+
+    @model_validator(mode="after")
+    def _warn_near_miss_model_id(self) -> CommonSettings:
+        # When the model is made, not at its first call: that is where the typo is.
+        warn_if_near_miss(self.model, PROFILES)
+        return self
 
     def make_backend(self) -> ChatBackend:
         """A new core backend for these settings."""
@@ -157,9 +217,17 @@ class CommonSettings(BaseModel):
         return build_options(self.request_defaults(), overrides, extra=extra, stop=stop)
 
 
+DEFAULT_NIM_MODEL = "nvidia/nemotron-nano-12b-v2-vl"
+
+
 class NimSettings(CommonSettings):
     """A NIM's (or NVIDIA's hosted API catalog's) settings: the connection and video."""
 
+    model: str = Field(
+        default=DEFAULT_NIM_MODEL,
+        description="Model id; Nemotron Nano 12B v2 VL (nvidia/nemotron-nano-12b-v2-vl) "
+        "unless given, as NVIDIA's own integrations have a default model.",
+    )
     base_url: BaseURL = Field(
         default=None,
         description="The NIM's /v1 URL; else NVIDIA_BASE_URL, else NVIDIA's hosted API catalog. "
@@ -251,6 +319,24 @@ class NimSettings(CommonSettings):
             http_client=self.http_client,
             async_http_client=self.async_http_client,
         )
+
+    @property
+    def available_models(self) -> list[ServedModel]:
+        """The models the server serves, from its ``/v1/models`` (one request each time
+        it is read), as ``ServedModel(id, owned_by, max_model_len, known)``; ``known``:
+        nemovlm has that model's profile."""
+        return self._nim_backend().available_models()
+
+    async def aavailable_models(self) -> list[ServedModel]:
+        """``available_models``, asynchronously."""
+        return await self._nim_backend().aavailable_models()
+
+    def _nim_backend(self) -> NIMBackend:
+        from nemovlm.backends.nim import NIMBackend
+
+        backend = self.backend
+        assert isinstance(backend, NIMBackend)
+        return backend
 
     def request_defaults(self) -> RequestOptions:
         return replace(

@@ -54,6 +54,21 @@ def map_tool(spec: ToolSpec) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
+def tool_spec_from_openai(tool: Mapping[str, Any]) -> ToolSpec | None:
+    """An OpenAI tool dict (``{"type": "function", "function": {...}}``, or the bare
+    function) as a ``ToolSpec``, keeping ``strict``; ``None`` when it names no function."""
+    fn = tool.get("function", tool)
+    if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
+        return None
+    strict = fn.get("strict")
+    return ToolSpec(
+        fn["name"],
+        fn.get("description") or "",
+        dict(fn.get("parameters") or {}),
+        strict if isinstance(strict, bool) else None,
+    )
+
+
 def map_tool_choice(choice: str | None) -> str | dict[str, Any] | None:
     if choice is None or choice in ("auto", "none", "required"):
         return choice

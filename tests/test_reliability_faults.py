@@ -419,7 +419,9 @@ def test_unparseable_streamed_tool_arguments_become_invalid_tool_calls_in_llama_
         default_headers={"X-Emulator-Fault": "bad_tool_args"},
     )  # fmt: skip
     *_, last = llm.stream_chat_with_tools([get_weather_li], user_msg="weather in Paris?")
-    assert llm.get_tool_calls_from_response(last, error_on_no_tool_call=False) == []
+    # Never an empty list, which FunctionAgent would take for a final answer (issue 12).
+    with pytest.raises(IncompleteResponseError, match="'get_weather': arguments are not valid"):
+        llm.get_tool_calls_from_response(last, error_on_no_tool_call=False)
     [bad] = last.message.additional_kwargs["invalid_tool_calls"]
     assert (bad["name"], bad["arguments"]) == ("get_weather", BROKEN_TOOL_ARGUMENTS)
 

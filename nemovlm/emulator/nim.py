@@ -966,7 +966,7 @@ def _compose_reply(chat: _Chat, ident: str, fault: str | None, index: int = 0) -
     if "<tool_result" in user_text:
         results = [m.group(2).strip() for m in _TOOL_RESULT.finditer(user_text)]
         return _finish(_tool_result_answer(results or [user_text]), chat)
-    structured = _structured_output(chat, hint)
+    structured = _structured_output(chat, hint, user_text)
     if structured is not None:
         return _finish(json.dumps(structured, ensure_ascii=False), chat)
     return _finish(_describe(chat, index), chat)
@@ -1064,7 +1064,17 @@ def _chosen_prompt_tool(tools: list[dict[str, Any]], choice: str) -> dict[str, A
     return next((t for t in tools if t["name"] == choice), tools[0])
 
 
-def _structured_output(chat: _Chat, hint: Hint) -> Any | None:
+def _json_object(hint: Hint, user_text: str) -> dict[str, Any]:
+    """JSON mode without a schema: the keys the user named in quotes (``'setup'`` and
+    ``'punchline'``), as a model that follows the instruction would, each valued with
+    a word of the question; else an object that says it is the emulator's."""
+    keys = dict.fromkeys(re.findall(r"""['"]([A-Za-z_][A-Za-z0-9_]{0,40})['"]""", user_text))
+    if keys:
+        return {key: f"[nemovlm emulator] {hint.text}" for key in keys}
+    return {"emulator": "nemovlm", "answer": hint.text}
+
+
+def _structured_output(chat: _Chat, hint: Hint, user_text: str = "") -> Any | None:
     """A JSON value when ``response_format`` or a ``<json_schema>`` prompt asks for one."""
     response_format = chat.body.get("response_format")
     if chat.rules.json_schema and isinstance(response_format, dict):
@@ -1079,7 +1089,7 @@ def _structured_output(chat: _Chat, hint: Hint) -> Any | None:
                 )
             return _synthesize(schema, hint)
         if kind == "json_object":
-            return {"emulator": "nemovlm", "answer": hint.text}
+            return _json_object(hint, user_text)
         if kind not in ("text", None):
             raise _BadRequest(
                 f"response_format type {kind!r}: use 'text', 'json_object' or 'json_schema'."
@@ -1088,7 +1098,7 @@ def _structured_output(chat: _Chat, hint: Hint) -> Any | None:
     if found is None:
         # The core's JSON mode without a schema, for models without response_format.
         if "<response_format>json_object</response_format>" in chat.system_text:
-            return {"emulator": "nemovlm", "answer": hint.text}
+            return _json_object(hint, user_text)
         return None
     try:
         schema = json.loads(found.group(1))

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from llama_index_nemovlm import NemoVLM, NemoVLMMultiModal
+from llama_index_nemovlm import InputRefusedError, NemoVLM, NemoVLMMultiModal
 
 if TYPE_CHECKING:
     from llama_index_nemovlm import NemoFal, NemoFalMultiModal
 
-__all__ = ["NemoFal", "NemoFalMultiModal", "NemoVLM", "NemoVLMMultiModal"]
+__all__ = ["InputRefusedError", "NemoFal", "NemoFalMultiModal", "NemoVLM", "NemoVLMMultiModal"]
 
 
 def __getattr__(name: str) -> Any:
