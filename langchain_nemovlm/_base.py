@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from langchain_nemovlm._convert import (
     map_messages,
+    process_cut_arguments,
     process_delta,
     process_llm_output,
     process_reply,
@@ -43,7 +44,7 @@ from nemovlm.messages import Delta, Reply, ToolSpec, Turn
 from nemovlm.options import RequestOptions
 from nemovlm.settings import CommonSettings
 from nemovlm.tokens import estimate_text_tokens, estimate_tokens
-from nemovlm.tools import normalize_tool_choice, tool_spec_from_openai
+from nemovlm.tools import ToolCallAccumulator, normalize_tool_choice, tool_spec_from_openai
 
 # LangChain's spellings of the core's settings, accepted as well as the core's names.
 _ALIASES = {"model": "model_name", "max_tokens": "max_completion_tokens"}
@@ -371,12 +372,15 @@ class _StreamTail:
         self.response_id: str | None = None
         self.reply_model: str | None = None
         self.metadata: dict[str, Any] = {}
+        self.calls = ToolCallAccumulator()
 
     def chunk(self, delta: Delta) -> ChatGenerationChunk | None:
         self.finish_reason = delta.finish_reason or self.finish_reason
         self.response_id = delta.response_id or self.response_id
         self.reply_model = delta.model or self.reply_model
         self.metadata.update(delta.metadata)
+        for call in delta.tool_call_chunks:
+            self.calls.add(call)
         if delta.is_empty():
             return None
         return ChatGenerationChunk(message=process_delta(delta))
@@ -385,7 +389,8 @@ class _StreamTail:
         meta = process_response_metadata(
             self.reply_model or self.model, self.finish_reason, self.response_id, self.metadata
         )
-        return ChatGenerationChunk(message=process_delta(Delta(), meta))
+        tails = process_cut_arguments({i: a for i, (_, _, a) in self.calls.joined().items()})
+        return ChatGenerationChunk(message=process_delta(Delta(tool_call_chunks=tails), meta))
 
 
 def _tool_spec(tool: Any) -> ToolSpec:

@@ -27,6 +27,7 @@ from langchain_core.messages import (
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.messages.tool import ToolCallChunk as LCToolCallChunk
 from langchain_core.messages.tool import invalid_tool_call, tool_call
+from langchain_core.utils.json import parse_partial_json
 
 from nemovlm.errors import UnsupportedInputError
 from nemovlm.media import MediaPolicy, media_from_base64, media_from_string, read_media_file
@@ -38,9 +39,11 @@ from nemovlm.messages import (
     Role,
     TextPart,
     ToolCall,
+    ToolCallChunk,
     Turn,
     Usage,
 )
+from nemovlm.tools import parse_arguments
 
 _ROLES: dict[str, Role] = {
     "system": "system",
@@ -253,6 +256,35 @@ def process_reply(reply: Reply, model: str, usage: Usage | None = None) -> AIMes
 # tool call chunk's index as its content block's, so a call at index 0 would be folded
 # into the reasoning block before it.
 _STREAMED_CALLS = 100
+
+
+# LangChain rebuilds a streamed message's tool calls from the joined chunk args with
+# its lenient partial-JSON parser (AIMessageChunk.init_tool_calls), which reads a cut
+# '{"city": "Par' as {"city": "Par"}; chunks already sent cannot be taken back. So the
+# last chunk appends to such args the shortest tail that parser gives up on (an
+# unmatched closer), and the aggregate lists the call under invalid_tool_calls.
+_GIVE_UP_TAILS = ("}", "]", '"}', '"]', '""}', '""]')
+
+
+def _langchain_reads_as_call(args: str) -> bool:
+    try:
+        return isinstance(parse_partial_json(args), dict)
+    except ValueError:
+        return False
+
+
+def process_cut_arguments(arguments: dict[int, str]) -> list[ToolCallChunk]:
+    """For each streamed call whose whole arguments are not a JSON object but which
+    LangChain would still read as a call: a last fragment that makes it unreadable."""
+    tails: list[ToolCallChunk] = []
+    for index, args in arguments.items():
+        try:
+            parse_arguments(args)
+        except ValueError:
+            if _langchain_reads_as_call(args):
+                tail = next(t for t in _GIVE_UP_TAILS if not _langchain_reads_as_call(args + t))
+                tails.append(ToolCallChunk(index, arguments=tail))
+    return tails
 
 
 def process_delta(delta: Delta, response_metadata: dict[str, Any] | None = None) -> AIMessageChunk:

@@ -42,6 +42,7 @@ from nemovlm.profiles import ModelProfile
 from nemovlm.reasoning import ThinkSplitter, map_reasoning, reasoning_enabled
 from nemovlm.tools import (
     ToolCallAccumulator,
+    ToolCallScreen,
     looks_like_json_reply,
     map_prompt_protocol,
     process_duplicate_ids,
@@ -284,6 +285,7 @@ class ReplyProcessor:
     _think: ThinkSplitter = field(init=False)
     _hold: list[str] | None = field(default=None, init=False)
     _mode: Literal["undecided", "plain", "hold"] = field(default="undecided", init=False)
+    _calls: ToolCallScreen = field(default_factory=ToolCallScreen, init=False)
 
     def __post_init__(self) -> None:
         self._think = ThinkSplitter(expect_reasoning=self.expect_reasoning)
@@ -298,7 +300,7 @@ class ReplyProcessor:
         return Delta(
             text=self._route(answer),
             reasoning=raw.reasoning + thought,
-            tool_call_chunks=raw.tool_call_chunks,
+            tool_call_chunks=self._calls.screen(raw.tool_call_chunks),
             tool_calls=raw.tool_calls,
             invalid_tool_calls=raw.invalid_tool_calls,
             finish_reason=raw.finish_reason,
@@ -327,6 +329,7 @@ class ReplyProcessor:
                 out.text = strip_code_fence(held)
             if out.tool_calls and not out.finish_reason:
                 out.finish_reason = "tool_calls"
+        out.invalid_tool_calls += self._calls.finish()
         return out
 
     def _route(self, answer: str) -> str:

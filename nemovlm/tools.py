@@ -115,12 +115,15 @@ class ToolCallAccumulator:
         if chunk.arguments:
             entry[2].append(chunk.arguments)
 
+    def joined(self) -> dict[int, tuple[str | None, str | None, str]]:
+        """Each call's id, name and joined arguments text, by index, in index order."""
+        return {i: (e[0], e[1], "".join(e[2])) for i, e in sorted(self._calls.items())}
+
     def finish(self) -> tuple[list[ToolCall], list[InvalidToolCall]]:
         calls: list[ToolCall] = []
         invalid: list[InvalidToolCall] = []
-        for index in sorted(self._calls):
-            call_id, name, pieces = self._calls[index]
-            result = _process_tool_call(call_id, name, "".join(pieces))
+        for call_id, name, arguments in self.joined().values():
+            result = _process_tool_call(call_id, name, arguments)
             (calls if isinstance(result, ToolCall) else invalid).append(result)  # type: ignore[arg-type]
         return calls, invalid
 
@@ -133,12 +136,62 @@ def process_duplicate_ids(calls: list[ToolCall]) -> tuple[list[ToolCall], list[I
     invalid: list[InvalidToolCall] = []
     for call in calls:
         if call.id in seen:
-            error = f"the tool call id {call.id!r} is already used by an earlier call in this reply"
+            error = _duplicate_id_error(call.id)
             invalid.append(InvalidToolCall(call.id, call.name, json.dumps(call.arguments), error))
         else:
             seen.add(call.id)
             valid.append(call)
     return valid, invalid
+
+
+def _duplicate_id_error(call_id: str) -> str:
+    return f"the tool call id {call_id!r} is already used by an earlier call in this reply"
+
+
+@dataclass
+class ToolCallScreen:
+    """Decides once per streamed call, on its first fragment (where OpenAI-compatible
+    servers put the id and the name), whether the call can ever be run. A call with no
+    function name, or with an id an earlier call of the reply has, is held back whole
+    and comes out of ``finish`` as an ``InvalidToolCall``: a stream never shows a
+    fragment of it, so a framework that builds tool calls from the fragments (LangChain)
+    cannot take it for a good one."""
+
+    _good: set[int] = field(default_factory=set)
+    _ids: set[str] = field(default_factory=set)
+    _held: dict[int, str] = field(default_factory=dict)
+    _held_calls: ToolCallAccumulator = field(default_factory=ToolCallAccumulator)
+
+    def screen(self, chunks: list[ToolCallChunk]) -> list[ToolCallChunk]:
+        """The fragments of calls that may still be good; the rest are held."""
+        passed: list[ToolCallChunk] = []
+        for chunk in chunks:
+            if chunk.index not in self._good and chunk.index not in self._held:
+                error = self._first_fragment_error(chunk)
+                if error is None:
+                    self._good.add(chunk.index)
+                    if chunk.id:
+                        self._ids.add(chunk.id)
+                else:
+                    self._held[chunk.index] = error
+            if chunk.index in self._held:
+                self._held_calls.add(chunk)
+            else:
+                passed.append(chunk)
+        return passed
+
+    def _first_fragment_error(self, chunk: ToolCallChunk) -> str | None:
+        if not chunk.name:
+            return "the tool call has no function name"
+        if chunk.id and chunk.id in self._ids:
+            return _duplicate_id_error(chunk.id)
+        return None
+
+    def finish(self) -> list[InvalidToolCall]:
+        return [
+            InvalidToolCall(call_id, name, arguments, self._held[index])
+            for index, (call_id, name, arguments) in self._held_calls.joined().items()
+        ]
 
 
 def normalize_tool_choice(choice: Any, tools: Sequence[ToolSpec]) -> str | None:

@@ -469,7 +469,8 @@ def test_unparseable_streamed_arguments_do_not_raise(nim_url: str) -> None:
     # LangChain itself joins streamed chunks (partial-JSON parsing, as for ChatOpenAI).
     llm = model(NANO12, nim_url, default_headers={"X-Emulator-Fault": "bad_tool_args"})
     streamed = collect(llm.bind_tools([get_weather]).stream("Weather in Paris?"))
-    assert streamed.tool_call_chunks[0]["args"] == '{"city": "Par'
+    assert streamed.tool_call_chunks[0]["args"].startswith('{"city": "Par')
+    assert not streamed.tool_calls and streamed.invalid_tool_calls
 
 
 def test_llama_nano_vl_calls_tools_through_the_prompt_protocol(nim_url: str, wire: WireLog) -> None:
