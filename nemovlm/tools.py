@@ -2,7 +2,8 @@
 
 Native (``profile.tools == "native"``): ``map_tool`` gives OpenAI ``tools`` entries;
 streamed argument fragments are joined by ``ToolCallAccumulator``; arguments that are
-not a JSON object become ``InvalidToolCall``s, never exceptions.
+not a JSON object become ``InvalidToolCall``s, never exceptions. ``ToolCallScreen``
+holds back, from its first fragment, a call with no name or a repeated id.
 
 Prompt protocol (``profile.tools == "prompt"``, and every fal model): the tools go into
 the system prompt as JSON between ``<tools>`` tags, with the choice in
