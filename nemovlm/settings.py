@@ -27,7 +27,7 @@ from nemovlm.hosted import HostedMedia, decide_hosted
 from nemovlm.media import MediaPolicy
 from nemovlm.options import ImageTransport, RequestOptions, build_options
 from nemovlm.profiles import Backend, ModelProfile, get_profile
-from nemovlm.secrets import BaseURL, Headers
+from nemovlm.secrets import AssetsURL, BaseURL, Headers
 
 if TYPE_CHECKING:
     from nemovlm.backends import ChatBackend
@@ -210,10 +210,11 @@ class NimSettings(CommonSettings):
         "message rules). None: decided from the base URL (the catalog's host: hosted); "
         "see is_hosted.",
     )
-    assets_url: str | None = Field(
+    assets_url: AssetsURL = Field(
         default=None,
         description="The NVCF assets endpoint; None: NVCF_ASSETS_URL, else NVIDIA's "
-        "(https://api.nvcf.nvidia.com/v2/nvcf/assets).",
+        "(https://api.nvcf.nvidia.com/v2/nvcf/assets). A password in it is kept out of "
+        "repr, dumps and errors.",
     )
     hosted_media: HostedMedia = Field(
         default="auto",
