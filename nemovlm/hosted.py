@@ -12,7 +12,7 @@ public sources):
 Flow, for a hosted ``NIMBackend`` call: ``_map_catalog_turns`` (the message rules) ->
 ``plan_media`` (per ``hosted_media``: which media stay inline and which go up; ``fit``
 shrinks images instead) -> ``nemovlm.backends.assets`` uploads the planned media and
-swaps them for ``data:<mime>;asset_id,<id>`` with ``with_assets``.
+swaps them for ``data:<mime>;asset_id,<id>`` with ``with_media``.
 """
 
 from __future__ import annotations

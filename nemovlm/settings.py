@@ -169,7 +169,11 @@ class NimSettings(CommonSettings):
         default_factory=_secret_from_env("NVIDIA_API_KEY"),
         description="Else NVIDIA_API_KEY; a local NIM needs none.",
     )
-    timeout: float | None = Field(default=60.0, description="Seconds per request.")
+    timeout: float | None = Field(
+        default=60.0,
+        description="Seconds: a deadline for a whole non-streamed reply; for a stream, the "
+        "longest wait between chunks. None: no limit.",
+    )
     default_headers: Headers = Field(
         default=None,
         description="Headers sent with every request; credentials in them (Authorization, "
@@ -187,7 +191,7 @@ class NimSettings(CommonSettings):
         default=None,
         exclude=True,
         description="The same for async calls (httpx.AsyncClient; httpx2.AsyncClient with "
-        "openai 3.x). Media fetches run in a worker thread and use http_client.",
+        "openai 3.x), and for the media async calls fetch, on the caller's event loop.",
     )
     image_transport: ImageTransport = Field(
         default="parts",
