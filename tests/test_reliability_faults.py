@@ -652,6 +652,25 @@ async def test_cancelling_an_awaiting_fal_call_cancels_the_queued_request(
     assert record.cancelled
 
 
+async def test_cancelling_a_fal_call_while_fal_acknowledges_it_cancels_the_queued_request(
+    fal_emu: FalEmulator,
+) -> None:
+    # fal queues the request, then its answer to the submission is late: the task is
+    # cancelled in between, before the client knows the request id.
+    fal_emu.state.late_ack_queued.clear()
+    fal_emu.state.late_ack_release.clear()
+    fal_emu.inject_fault("late_ack")
+    task = asyncio.create_task(fal().ainvoke(with_image()))
+    assert await asyncio.to_thread(fal_emu.state.late_ack_queued.wait, 60)
+    task.cancel()
+    await asyncio.sleep(0)  # the task takes the cancellation before the answer can come
+    fal_emu.state.late_ack_release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [record] = fal_emu.state.requests.values()
+    assert record.cancelled
+
+
 async def test_closing_a_fal_stream_midway_cancels_the_queued_request(
     fal_emu: FalEmulator,
 ) -> None:

@@ -7,7 +7,8 @@ output, the ``reasoning_mode`` switch, media checks) -> ``_map_arguments``:
 ``system_prompt`` where the app has one), ``_map_params`` (``_map_steps``: the
 diffusion step rule) and ``_plan_media`` (URLs pass through, small bytes go inline as a
 data URL, large bytes and local files are uploaded with fal-client's ``upload``) ->
-``fal_client.SyncClient/AsyncClient.subscribe`` (submit, poll with logs, result).
+``fal_client.SyncClient.subscribe`` or, async, ``_asubscribe`` (submit, poll with
+logs, result; the submission shielded so a cancelled task still cancels what it queued).
 
 Output flow: the result dict -> ``_process_result`` (one raw ``Delta``: output,
 finish reason, usage, metadata with the fal request id, timings, diffusion usage and
@@ -356,23 +357,9 @@ class FalBackend:
         with _converted_errors(self.profile.model, self.timeout, tracker, self._secrets):
             if upload is not None:
                 arguments[upload.field_name] = await self._aupload(upload)
-            try:
-                result = await client.subscribe(
-                    self.profile.model,
-                    arguments,
-                    with_logs=True,
-                    interval=self.poll_interval,
-                    on_enqueue=tracker.on_enqueue,
-                    on_queue_update=tracker.aon_update,
-                    client_timeout=self.timeout,
-                )
-            except asyncio.CancelledError:
-                # The awaiting task was cancelled (or the stream it fed was closed):
-                # cancel the queued request too, or it runs (and costs) on. Shielded, so
-                # a second cancellation does not stop the cancel request half-way.
-                if (request_id := tracker.abandon()) is not None:
-                    await _acancel_quietly(client, self.profile.model, request_id)
-                raise
+            result = await _asubscribe(
+                client, self.profile.model, arguments, tracker, self.poll_interval, self.timeout
+            )
         return self._process_whole(result, prepared, options, arguments, tracker)
 
     @property
@@ -612,6 +599,73 @@ def _reply_as_delta(reply: Reply) -> Delta:
         response_id=reply.response_id,
         metadata=dict(reply.metadata),
     )
+
+
+async def _asubscribe(
+    client: fal_client.AsyncClient,
+    model: str,
+    arguments: dict[str, Any],
+    tracker: _QueueTracker,
+    interval: float,
+    timeout: float | None,
+) -> Any:
+    """fal-client's ``AsyncClient.subscribe`` (submit, poll with logs, result, a
+    deadline that cancels the queued request), with the submission shielded: a task
+    cancelled after fal queued the request but before its answer was read still learns
+    the request id, and cancels that request instead of leaving it to run (and bill)."""
+    submitting = asyncio.ensure_future(
+        client.submit(model, arguments, start_timeout=timeout)  # as subscribe sends it
+    )
+
+    async def follow() -> Any:
+        handle = await asyncio.shield(submitting)
+        tracker.on_enqueue(handle.request_id)
+        async for status in handle.iter_events(with_logs=True, interval=interval):
+            update = tracker.aon_update(status)
+            if update is not None:
+                await update
+        return await handle.get(interval=interval)
+
+    try:
+        return await asyncio.wait_for(follow(), timeout)
+    except asyncio.TimeoutError as exc:
+        tracker.abandon()
+        if not submitting.done():
+            submitting.cancel()  # hang up, as fal-client does: fal has not queued it
+            raise fal_client.FalClientTimeoutError(timeout=timeout or 0.0) from exc
+        request_id = await _acancel_submitted(submitting, client, model)
+        raise fal_client.FalClientTimeoutError(
+            timeout=timeout or 0.0, request_id=request_id
+        ) from exc
+    except asyncio.CancelledError:
+        # The awaiting task was cancelled (or the stream it fed was closed): cancel the
+        # queued request too, or it runs (and costs) on.
+        tracker.abandon()
+        await _acancel_submitted(submitting, client, model)
+        raise
+
+
+async def _acancel_submitted(
+    submitting: asyncio.Future[Any], client: fal_client.AsyncClient, model: str
+) -> str | None:
+    """Once the submission has answered (waited for through further cancellations),
+    cancel the request it queued; its id, or ``None`` when nothing was queued."""
+    cancelled = False
+    while not submitting.done():
+        try:
+            await asyncio.shield(submitting)
+        except asyncio.CancelledError:
+            cancelled = cancelled or not submitting.cancelled()
+        except Exception:
+            break
+    if submitting.cancelled() or submitting.exception() is not None:
+        request_id = None
+    else:
+        request_id = submitting.result().request_id
+        await _acancel_quietly(client, model, request_id)
+    if cancelled:
+        raise asyncio.CancelledError
+    return request_id
 
 
 # --- errors ---------------------------------------------------------------------------------
