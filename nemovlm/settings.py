@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 # nemovlm.backends.fal.UPLOAD_THRESHOLD_BYTES; not imported, so the core's settings load
 # without the ``fal`` extra.
 _FAL_UPLOAD_THRESHOLD_BYTES = 1_000_000
+_FAL_UPLOAD_EXPIRES_IN = "1h"  # nemovlm.backends.fal.UPLOAD_EXPIRES_IN, likewise
 _POLICY = MediaPolicy()  # the media limits' defaults live on MediaPolicy
 
 
@@ -285,6 +286,11 @@ class FalSettings(CommonSettings):
         default=_FAL_UPLOAD_THRESHOLD_BYTES,
         description="Inline media up to this size; upload anything larger to fal's storage.",
     )
+    upload_expires_in: str | int = Field(
+        default=_FAL_UPLOAD_EXPIRES_IN,
+        description="How long fal's storage keeps uploaded media: never, immediate (about a "
+        "minute), 1h, 1d, 7d, 30d, 1y, or seconds.",
+    )
     num_inference_steps: int | None = Field(
         default=None, description="Diffusion VLM decoding steps (1..1024); None: 256 rounded up."
     )
@@ -304,6 +310,7 @@ class FalSettings(CommonSettings):
             timeout=self.timeout,
             poll_interval=self.poll_interval,
             upload_threshold_bytes=self.upload_threshold_bytes,
+            upload_expires_in=self.upload_expires_in,
             policy=self.media_policy(),
         )
 

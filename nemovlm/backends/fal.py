@@ -63,6 +63,9 @@ logger = logging.getLogger(__name__)
 
 UPLOAD_THRESHOLD_BYTES = 1_000_000
 """Media bytes above this go up with ``fal_client.upload`` instead of inline base64."""
+UPLOAD_EXPIRES_IN = "1h"
+"""How long fal's storage keeps an uploaded medium (fal-client's ``StorageSettings``):
+long enough for the queue wait and the run, short enough not to keep a user's photo."""
 MIN_TIMEOUT_S = 1.0  # fal-client refuses a server-side start timeout of 1 s or less
 
 
@@ -265,6 +268,9 @@ class FalBackend:
     """Seconds for the whole queued request; on expiry it is cancelled on fal's queue."""
     poll_interval: float = 0.1
     upload_threshold_bytes: int = UPLOAD_THRESHOLD_BYTES
+    upload_expires_in: str | int = UPLOAD_EXPIRES_IN
+    """Lifetime of uploaded media on fal's storage: never, immediate (about a minute),
+    1h, 1d, 7d, 30d, 1y, or seconds."""
     policy: MediaPolicy = field(default_factory=MediaPolicy)
     _client: fal_client.SyncClient | None = field(default=None, init=False, repr=False)
     _aclients: PerLoop[fal_client.AsyncClient] = field(
@@ -279,6 +285,17 @@ class FalBackend:
             )
         if self.poll_interval <= 0:
             raise UnsupportedInputError(f"poll_interval must be > 0 (got {self.poll_interval}).")
+        try:
+            fal_client.StorageSettings(expires_in=self.upload_expires_in)  # type: ignore[arg-type]
+        except (ValueError, TypeError) as exc:
+            raise UnsupportedInputError(
+                f"upload_expires_in={self.upload_expires_in!r} is not a fal storage lifetime: "
+                "use never, immediate, 1h, 1d, 7d, 30d, 1y, or a number of seconds."
+            ) from exc
+
+    @property
+    def _lifecycle(self) -> fal_client.StorageSettings:
+        return fal_client.StorageSettings(expires_in=self.upload_expires_in)  # type: ignore[arg-type]
 
     # --- clients ----------------------------------------------------------------
 
@@ -369,16 +386,20 @@ class FalBackend:
     def _upload(self, upload: _Upload) -> str:
         with _upload_errors(self.profile.model, upload):
             if upload.path is not None:
-                return self.client.upload_file(upload.path)
+                return self.client.upload_file(upload.path, lifecycle=self._lifecycle)
             assert upload.data is not None
-            return self.client.upload(upload.data, upload.mime_type, upload.file_name)
+            return self.client.upload(
+                upload.data, upload.mime_type, upload.file_name, lifecycle=self._lifecycle
+            )
 
     async def _aupload(self, upload: _Upload) -> str:
         with _upload_errors(self.profile.model, upload):
             if upload.path is not None:
-                return await self.async_client.upload_file(upload.path)
+                return await self.async_client.upload_file(upload.path, lifecycle=self._lifecycle)
             assert upload.data is not None
-            return await self.async_client.upload(upload.data, upload.mime_type, upload.file_name)
+            return await self.async_client.upload(
+                upload.data, upload.mime_type, upload.file_name, lifecycle=self._lifecycle
+            )
 
     def _process_whole(
         self,

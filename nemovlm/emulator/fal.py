@@ -134,6 +134,9 @@ class _StoredFile:
     data: bytes = field(repr=False)
     content_type: str
     name: str
+    lifecycle: dict[str, Any] | None = None
+    """The object lifecycle the upload asked for (fal-client's ``StorageSettings`` as
+    the ``X-Fal-Object-Lifecycle(-Preference)`` header), e.g. its expiry in seconds."""
 
 
 @dataclass
@@ -788,8 +791,21 @@ async def cdn_token(request: Request) -> Response:
 def _store(request: Request, data: bytes, content_type: str, name: str) -> str:
     file_id = uuid.uuid4().hex
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", name) or "upload.bin"
-    _state(request).files[file_id] = _StoredFile(data, content_type, safe)
+    lifecycle = _lifecycle(request)
+    _state(request).files[file_id] = _StoredFile(data, content_type, safe, lifecycle)
     return f"{_base(request)}/cdn/files/{file_id}/{safe}"
+
+
+def _lifecycle(request: Request) -> dict[str, Any] | None:
+    # The CDN reads X-Fal-Object-Lifecycle, storage X-Fal-Object-Lifecycle-Preference.
+    raw = request.headers.get("x-fal-object-lifecycle") or request.headers.get(
+        "x-fal-object-lifecycle-preference"
+    )
+    try:
+        value = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _refused_upload(request: Request) -> Response | None:
