@@ -16,12 +16,13 @@ neutral object, reaches both frameworks and the wire.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, Field, PrivateAttr, SecretStr
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, model_validator
 
 from nemovlm.hosted import HostedMedia, decide_hosted
 from nemovlm.media import MediaPolicy
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 _FAL_UPLOAD_THRESHOLD_BYTES = 1_000_000
 _FAL_UPLOAD_EXPIRES_IN = "1h"  # nemovlm.backends.fal.UPLOAD_EXPIRES_IN, likewise
 _POLICY = MediaPolicy()  # the media limits' defaults live on MediaPolicy
+_MAX_RETRIES = 2
 
 
 def _secret_from_env(name: str) -> Callable[[], SecretStr | None]:
@@ -72,7 +74,11 @@ class CommonSettings(BaseModel):
         description="False asks the server to leave the reasoning out "
         "(DiffusionGemma, non-streaming).",
     )
-    max_retries: int = Field(default=2, description="Retries of a failed request (NIM).")
+    max_retries: int = Field(
+        default=_MAX_RETRIES,
+        description="Retries of a failed request (NIM). fal-client retries on its own, with "
+        "no setting: on fal another value than the default warns that it does not apply.",
+    )
     allowed_media_dirs: list[Path] = Field(
         default_factory=list,
         description="Directories from which a bare path or file:// URL inside message "
@@ -300,6 +306,19 @@ class FalSettings(CommonSettings):
     threshold: float | None = Field(
         default=None, description="Diffusion VLM confidence threshold (0..1); None: the app's 0.9."
     )
+
+    @model_validator(mode="after")
+    def _warn_max_retries(self) -> FalSettings:
+        # LangChain passes max_retries=2 to every chat model: the default stays quiet.
+        if "max_retries" in self.model_fields_set and self.max_retries != _MAX_RETRIES:
+            warnings.warn(
+                f"max_retries={self.max_retries} does not apply to {self.model} on fal: "
+                "fal-client retries 408/409/429 and connection errors on its own and has no "
+                "setting for it. Drop max_retries.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return self
 
     def make_backend(self) -> FalBackend:
         from nemovlm.backends.fal import FalBackend, resolve_fal_key
