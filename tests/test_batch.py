@@ -697,3 +697,17 @@ def test_ask_on_the_hosted_catalog_uploads_the_photo_and_deletes_it(
     assert main(argv) == 0
     assert len(asset_ids(catalog.last_chat())) == 1
     assert catalog.calls().count(("DELETE", "delete")) == 1 and catalog.live() == []
+
+
+def test_an_asset_api_echoing_the_key_leaves_it_out_of_the_result_row(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    key = "nvapi-" + "q9" * 30
+    catalog.fail("create", 401)
+    (tmp_path / "a.jpg").write_bytes(PHOTO)
+    out = tmp_path / "receipts.jsonl"
+    summary = run(NANO_12B, "Read it.", [tmp_path / "a.jpg"], out, progress=False,
+                  base_url=catalog.base_url, api_key=key, hosted=True,
+                  assets_url=catalog.assets_url)  # fmt: skip
+    assert summary.failed == 1
+    assert "was refused" in out.read_text() and key not in out.read_text()
