@@ -66,7 +66,8 @@ class ChatNemoVLM(NimSettings, BaseChatNemo):
 
     @property
     def lc_secrets(self) -> dict[str, str]:
-        return {"api_key": "NVIDIA_API_KEY", **lc_secret_paths(self.default_headers, self.base_url)}
+        paths = lc_secret_paths(self.default_headers, self.base_url, self.assets_url)
+        return {"api_key": "NVIDIA_API_KEY", **paths}
 
     @classmethod
     def get_lc_namespace(cls) -> list[str]:

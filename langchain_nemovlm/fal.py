@@ -75,7 +75,7 @@ class ChatNemoFal(FalSettings, BaseChatNemo):
     ``timeout`` bounds the whole queued request (more than 1 s, or ``None``); on
     expiry the request is cancelled on fal's queue and ``RequestTimeoutError`` raised.
     ``max_retries`` does not apply: fal-client retries 408/409/429 and connection
-    errors on its own.
+    errors on its own (another value than the default warns so).
     """
 
     model_config = ConfigDict(

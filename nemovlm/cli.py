@@ -80,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--reasoning", action=argparse.BooleanOptionalAction, default=None)
     ask.add_argument("--show-reasoning", action="store_true", help="print the reasoning, dimmed")
     ask.add_argument("--base-url", help="NIM base URL (default NVIDIA_BASE_URL or the catalog)")
+    _add_hosted_arguments(ask)
     ask.add_argument("--max-tokens", type=int)
     ask.set_defaults(run=_run_ask)
     _add_batch_parser(sub)
@@ -298,7 +299,7 @@ def _run_ask(args: argparse.Namespace) -> int:
 
     if _model_backend(args.model) == "fal":
         _aim_at_local_fal_emulator()
-    backend = connect(args.model, base_url=args.base_url)
+    backend = connect(args.model, base_url=args.base_url, **_hosted_settings(args))
     parts: list[Part] = [TextPart(args.question)]
     parts += [_media_part("image", image, backend.profile) for image in args.image]
     if args.video:
@@ -363,6 +364,29 @@ BATCH_ROWS_FAILED = 3
 """``nemovlm batch``'s exit code when the job ran but some rows failed."""
 
 
+def _add_hosted_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--hosted",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="follow NVIDIA's hosted catalog's rules: large media go up as NVCF assets "
+        "(default: when the base URL is the catalog's)",
+    )
+    parser.add_argument(
+        "--hosted-media",
+        choices=["auto", "upload", "fit"],
+        help="on the catalog: auto (inline while it fits, else upload; default), upload "
+        "(always), fit (never upload; shrink images)",
+    )
+    parser.add_argument(
+        "--assets-url", help="the NVCF assets endpoint (default NVCF_ASSETS_URL or NVIDIA's)"
+    )
+
+
+def _hosted_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {"hosted": args.hosted, "hosted_media": args.hosted_media, "assets_url": args.assets_url}
+
+
 def _add_batch_parser(sub: Any) -> None:
     batch = sub.add_parser(
         "batch",
@@ -391,6 +415,7 @@ def _add_batch_parser(sub: Any) -> None:
         "--max-retries", type=int, help="NIM client retries per call (default 2; not for fal)"
     )
     batch.add_argument("--base-url", help="NIM base URL (default NVIDIA_BASE_URL or the catalog)")
+    _add_hosted_arguments(batch)
     batch.add_argument(
         "--json-schema", metavar="FILE", help="structured output: a JSON Schema file"
     )
@@ -428,6 +453,7 @@ def _run_batch(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             max_retries=args.max_retries,
             base_url=args.base_url,
+            **_hosted_settings(args),
             json_schema=args.json_schema,
             reasoning=args.reasoning,
             max_tokens=args.max_tokens,

@@ -12,7 +12,7 @@ public sources):
 Flow, for a hosted ``NIMBackend`` call: ``_map_catalog_turns`` (the message rules) ->
 ``plan_media`` (per ``hosted_media``: which media stay inline and which go up; ``fit``
 shrinks images instead) -> ``nemovlm.backends.assets`` uploads the planned media and
-swaps them for ``data:<mime>;asset_id,<id>`` with ``with_assets``.
+swaps them for ``data:<mime>;asset_id,<id>`` with ``with_media``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from nemovlm.media import PreparedMedia
 from nemovlm.messages import TextPart
 from nemovlm.pipeline import PreparedConversation, PreparedPart, PreparedTurn
 from nemovlm.profiles import ModelProfile
+from nemovlm.secrets import SecretURL
 
 __all__ = [
     "ASSET_REFERENCES_HEADER",
@@ -81,6 +82,8 @@ class HostedSettings:
     ``upload``: every local medium uploaded; ``fit``: never upload, shrink to fit."""
 
     def __post_init__(self) -> None:
+        # A password in the URL stays out of this dataclass's repr and of errors.
+        object.__setattr__(self, "assets_url", SecretURL(self.assets_url))
         if self.media not in _HOSTED_MEDIA:
             raise UnsupportedInputError(
                 f"hosted_media={self.media!r} is not understood: use 'auto' (inline while "

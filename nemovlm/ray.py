@@ -48,6 +48,7 @@ from nemovlm.batch.calls import (
     request_options,
 )
 from nemovlm.errors import UnsupportedInputError
+from nemovlm.hosted import HostedMedia
 
 OUTPUT_COLUMNS = ("answer", "reasoning", "input_tokens", "output_tokens", "error")
 
@@ -65,6 +66,9 @@ class NemoVLMPredictor:
         concurrency: int = 8,
         max_retries: int | None = None,
         timeout: float | None = None,
+        hosted: bool | None = None,
+        hosted_media: HostedMedia | None = None,
+        assets_url: str | None = None,
         reasoning: bool | None = None,
         max_tokens: int | None = None,
         json_schema: Mapping[str, Any] | str | None = None,
@@ -73,7 +77,14 @@ class NemoVLMPredictor:
         if concurrency < 1:
             raise UnsupportedInputError(f"concurrency must be >= 1 (got {concurrency}).")
         self.backend = connect(
-            model, base_url=base_url, api_key=api_key, max_retries=max_retries, timeout=timeout
+            model,
+            base_url=base_url,
+            api_key=api_key,
+            max_retries=max_retries,
+            timeout=timeout,
+            hosted=hosted,
+            hosted_media=hosted_media,
+            assets_url=assets_url,
         )
         self.options = request_options(
             self.backend.profile,

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
@@ -161,13 +161,16 @@ class SecretURL(str):
         return repr(redact_url(str(self)))
 
 
-def _check_url(value: Any) -> Any:
-    if isinstance(value, str) and REDACTED in value and url_secrets(value):
-        raise ValueError(
-            "base_url holds a redacted password (the model was saved, which never keeps "
-            "one): pass base_url again, or set NVIDIA_BASE_URL."
-        )
-    return value
+def _url_check(name: str, env: str) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and REDACTED in value and url_secrets(value):
+            raise ValueError(
+                f"{name} holds a redacted password (the model was saved, which never keeps "
+                f"one): pass {name} again, or set {env}."
+            )
+        return value
+
+    return check
 
 
 def _wrap_url(value: str | None) -> str | None:
@@ -176,25 +179,38 @@ def _wrap_url(value: str | None) -> str | None:
 
 BaseURL = Annotated[
     str | None,
-    BeforeValidator(_check_url),
+    BeforeValidator(_url_check("base_url", "NVIDIA_BASE_URL")),
     AfterValidator(_wrap_url),
     PlainSerializer(redact_url),
 ]
 """The type of a ``base_url`` field: a password in it hidden in repr and dumps."""
 
+AssetsURL = Annotated[
+    str | None,
+    BeforeValidator(_url_check("assets_url", "NVCF_ASSETS_URL")),
+    AfterValidator(_wrap_url),
+    PlainSerializer(redact_url),
+]
+"""The type of an ``assets_url`` field, hidden like ``BaseURL``."""
+
 
 # --- LangChain -------------------------------------------------------------------------
 
 
-def lc_secret_paths(headers: Mapping[str, str] | None, base_url: str | None) -> dict[str, str]:
+def lc_secret_paths(
+    headers: Mapping[str, str] | None, base_url: str | None, assets_url: str | None = None
+) -> dict[str, str]:
     """Entries for a LangChain model's ``lc_secrets``: ``default_headers`` when one of
     them is a credential, ``base_url`` when it holds a password (saved as a reference
-    to ``NVIDIA_BASE_URL``, the variable the URL is otherwise read from)."""
+    to ``NVIDIA_BASE_URL``, the variable the URL is otherwise read from), and
+    ``assets_url`` likewise (``NVCF_ASSETS_URL``)."""
     paths: dict[str, str] = {}
     if any(is_secret_name(name) for name in headers or {}):
         paths["default_headers"] = HEADERS_SECRET_ID
     if url_secrets(base_url):
         paths["base_url"] = "NVIDIA_BASE_URL"
+    if url_secrets(assets_url):
+        paths["assets_url"] = "NVCF_ASSETS_URL"
     return paths
 
 
@@ -262,6 +278,7 @@ def scrub_exception(error: BaseException, secrets: tuple[str, ...]) -> None:
 
 __all__ = [
     "REDACTED",
+    "AssetsURL",
     "BaseURL",
     "Headers",
     "SecretHeaders",

@@ -31,7 +31,7 @@ from nemovlm.media import MediaPolicy
 from nemovlm.model_ids import warn_if_near_miss
 from nemovlm.options import ImageTransport, RequestOptions, build_options
 from nemovlm.profiles import PROFILES, Backend, ModelProfile, get_profile
-from nemovlm.secrets import BaseURL, Headers
+from nemovlm.secrets import AssetsURL, BaseURL, Headers
 
 if TYPE_CHECKING:
     from nemovlm.backends import ChatBackend
@@ -41,7 +41,9 @@ if TYPE_CHECKING:
 # nemovlm.backends.fal.UPLOAD_THRESHOLD_BYTES; not imported, so the core's settings load
 # without the ``fal`` extra.
 _FAL_UPLOAD_THRESHOLD_BYTES = 1_000_000
+_FAL_UPLOAD_EXPIRES_IN = "1h"  # nemovlm.backends.fal.UPLOAD_EXPIRES_IN, likewise
 _POLICY = MediaPolicy()  # the media limits' defaults live on MediaPolicy
+_MAX_RETRIES = 2
 
 
 # Packages between a user's ``ChatNemoVLM(...)`` and a validator here.
@@ -93,7 +95,11 @@ class CommonSettings(BaseModel):
         description="False asks the server to leave the reasoning out "
         "(DiffusionGemma, non-streaming).",
     )
-    max_retries: int = Field(default=2, description="Retries of a failed request (NIM).")
+    max_retries: int = Field(
+        default=_MAX_RETRIES,
+        description="Retries of a failed request (NIM). fal-client retries on its own, with "
+        "no setting: on fal another value than the default warns that it does not apply.",
+    )
     allowed_media_dirs: list[Path] = Field(
         default_factory=list,
         description="Directories from which a bare path or file:// URL inside message "
@@ -237,7 +243,11 @@ class NimSettings(CommonSettings):
         default_factory=_secret_from_env("NVIDIA_API_KEY"),
         description="Else NVIDIA_API_KEY; a local NIM needs none.",
     )
-    timeout: float | None = Field(default=60.0, description="Seconds per request.")
+    timeout: float | None = Field(
+        default=60.0,
+        description="Seconds: a deadline for a whole non-streamed reply; for a stream, the "
+        "longest wait between chunks. None: no limit.",
+    )
     default_headers: Headers = Field(
         default=None,
         description="Headers sent with every request; credentials in them (Authorization, "
@@ -255,7 +265,7 @@ class NimSettings(CommonSettings):
         default=None,
         exclude=True,
         description="The same for async calls (httpx.AsyncClient; httpx2.AsyncClient with "
-        "openai 3.x). Media fetches run in a worker thread and use http_client.",
+        "openai 3.x), and for the media async calls fetch, on the caller's event loop.",
     )
     image_transport: ImageTransport = Field(
         default="parts",
@@ -278,10 +288,11 @@ class NimSettings(CommonSettings):
         "message rules). None: decided from the base URL (the catalog's host: hosted); "
         "see is_hosted.",
     )
-    assets_url: str | None = Field(
+    assets_url: AssetsURL = Field(
         default=None,
         description="The NVCF assets endpoint; None: NVCF_ASSETS_URL, else NVIDIA's "
-        "(https://api.nvcf.nvidia.com/v2/nvcf/assets).",
+        "(https://api.nvcf.nvidia.com/v2/nvcf/assets). A password in it is kept out of "
+        "repr, dumps and errors.",
     )
     hosted_media: HostedMedia = Field(
         default="auto",
@@ -366,6 +377,11 @@ class FalSettings(CommonSettings):
         default=_FAL_UPLOAD_THRESHOLD_BYTES,
         description="Inline media up to this size; upload anything larger to fal's storage.",
     )
+    upload_expires_in: str | int = Field(
+        default=_FAL_UPLOAD_EXPIRES_IN,
+        description="How long fal's storage keeps uploaded media: never, immediate (about a "
+        "minute), 1h, 1d, 7d, 30d, 1y, or seconds.",
+    )
     num_inference_steps: int | None = Field(
         default=None, description="Diffusion VLM decoding steps (1..1024); None: 256 rounded up."
     )
@@ -376,6 +392,19 @@ class FalSettings(CommonSettings):
         default=None, description="Diffusion VLM confidence threshold (0..1); None: the app's 0.9."
     )
 
+    @model_validator(mode="after")
+    def _warn_max_retries(self) -> FalSettings:
+        # LangChain passes max_retries=2 to every chat model: the default stays quiet.
+        if "max_retries" in self.model_fields_set and self.max_retries != _MAX_RETRIES:
+            warnings.warn(
+                f"max_retries={self.max_retries} does not apply to {self.model} on fal: "
+                "fal-client retries 408/409/429 and connection errors on its own and has no "
+                "setting for it. Drop max_retries.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return self
+
     def make_backend(self) -> FalBackend:
         from nemovlm.backends.fal import FalBackend, resolve_fal_key
 
@@ -385,6 +414,7 @@ class FalSettings(CommonSettings):
             timeout=self.timeout,
             poll_interval=self.poll_interval,
             upload_threshold_bytes=self.upload_threshold_bytes,
+            upload_expires_in=self.upload_expires_in,
             policy=self.media_policy(),
         )
 

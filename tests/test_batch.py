@@ -30,14 +30,17 @@ from typing import Any
 
 import httpx
 import pytest
+from hosted_catalog import KEY, PHOTO, PHOTO_B, Catalog, asset_ids, catalog, catalog_server
 
-from nemovlm.batch import BatchInputWarning, BatchSummary, run
+from nemovlm.batch import BatchInputWarning, BatchSummary, connect, run
 from nemovlm.cli import main
 from nemovlm.emulator import create_nim_app
 from nemovlm.emulator.fal import start_fal_emulator
 from nemovlm.emulator.server import RunningServer
 from nemovlm.errors import UnsupportedInputError
 from nemovlm.samples import make_chart, make_image, make_mp4
+
+__all__ = ["catalog", "catalog_server"]  # fixtures, imported for pytest
 
 NANO_12B = "nvidia/nemotron-nano-12b-v2-vl"
 LLAMA_8B = "nvidia/llama-3.1-nemotron-nano-vl-8b-v1"
@@ -641,3 +644,70 @@ def test_run_takes_a_bare_json_schema_mapping(nim: Emulator, tmp_path: Path) -> 
         "name": "record",
         "schema": schema,
     }
+
+
+# --- NVIDIA's hosted catalog ---------------------------------------------------------------
+
+
+def test_a_batch_on_the_hosted_catalog_uploads_photos_as_assets_and_deletes_every_one(
+    catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each photo is over the catalog's inline budget: inline, the catalog answers 413.
+    monkeypatch.setenv("NVIDIA_API_KEY", KEY)
+    (tmp_path / "a.jpg").write_bytes(PHOTO)
+    (tmp_path / "b.jpg").write_bytes(PHOTO_B)
+    out = tmp_path / "receipts.jsonl"
+    argv = ["batch", NANO_12B, "Read the receipt.", str(tmp_path / "a.jpg"),
+            str(tmp_path / "b.jpg"), "--out", str(out), "--base-url", catalog.base_url,
+            "--hosted", "--assets-url", catalog.assets_url]  # fmt: skip
+    assert main(argv) == 0
+    assert [row["error"] for row in rows_of(out)] == [None, None]
+    chats = catalog.chats()
+    assert len(chats) == 2 and all(len(asset_ids(chat)) == 1 for chat in chats)
+    calls = catalog.calls()
+    assert calls.count(("POST", "create")) == calls.count(("DELETE", "delete")) == 2
+    assert catalog.live() == []
+
+
+def test_a_batch_on_the_catalog_without_hosted_sends_photos_inline_and_is_refused(
+    catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NVIDIA_API_KEY", KEY)
+    (tmp_path / "a.jpg").write_bytes(PHOTO)
+    out = tmp_path / "receipts.jsonl"
+    summary = run(NANO_12B, "Read it.", [tmp_path / "a.jpg"], out, base_url=catalog.base_url,
+                  progress=False)  # fmt: skip
+    assert summary.failed == 1 and "413" in str(rows_of(out)[0]["error"])
+    assert ("POST", "create") not in catalog.calls()
+
+
+def test_the_hosted_settings_are_refused_for_a_fal_model() -> None:
+    with pytest.raises(UnsupportedInputError, match="not NVIDIA's hosted catalog"):
+        connect(DIFFUSION_VLM, hosted=True)
+
+
+def test_ask_on_the_hosted_catalog_uploads_the_photo_and_deletes_it(
+    catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NVIDIA_API_KEY", KEY)
+    (tmp_path / "a.jpg").write_bytes(PHOTO)
+    argv = ["ask", NANO_12B, "Read the receipt.", "--image", str(tmp_path / "a.jpg"),
+            "--base-url", catalog.base_url, "--hosted", "--hosted-media", "upload",
+            "--assets-url", catalog.assets_url]  # fmt: skip
+    assert main(argv) == 0
+    assert len(asset_ids(catalog.last_chat())) == 1
+    assert catalog.calls().count(("DELETE", "delete")) == 1 and catalog.live() == []
+
+
+def test_an_asset_api_echoing_the_key_leaves_it_out_of_the_result_row(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    key = "nvapi-" + "q9" * 30
+    catalog.fail("create", 401)
+    (tmp_path / "a.jpg").write_bytes(PHOTO)
+    out = tmp_path / "receipts.jsonl"
+    summary = run(NANO_12B, "Read it.", [tmp_path / "a.jpg"], out, progress=False,
+                  base_url=catalog.base_url, api_key=key, hosted=True,
+                  assets_url=catalog.assets_url)  # fmt: skip
+    assert summary.failed == 1
+    assert "was refused" in out.read_text() and key not in out.read_text()

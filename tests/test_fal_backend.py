@@ -477,6 +477,36 @@ async def test_async_calls_upload_too(emulator: FalEmulator, tmp_path: Path) -> 
     assert "(uploaded file async.mp4)" in reply.text
 
 
+def stored(emulator: FalEmulator, url: str) -> Any:
+    """The emulator's record of the file behind an uploaded file's URL."""
+    file_id = url.split("/cdn/files/", 1)[1].split("/", 1)[0]
+    return emulator.state.files[file_id]
+
+
+def test_uploads_ask_fal_storage_to_expire_them_after_an_hour(
+    emulator: FalEmulator, tmp_path: Path
+) -> None:
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(make_mp4())
+    backend(OMNI_VIDEO).complete([user("What happens?", MediaPart("video", path=path))], options())
+    assert stored(emulator, sent(emulator)["video_url"]).lifecycle == {
+        "expiration_duration_seconds": 3600
+    }
+
+
+async def test_async_uploads_ask_for_the_expiry_set(emulator: FalEmulator) -> None:
+    short = backend(OMNI_VIDEO, upload_threshold_bytes=1_000, upload_expires_in=600)
+    await short.acomplete(ask_video(duration_s=10.0, fps=30.0), options())
+    assert stored(emulator, sent(emulator)["video_url"]).lifecycle == {
+        "expiration_duration_seconds": 600
+    }
+
+
+def test_an_unknown_upload_expiry_is_refused_with_the_choices() -> None:
+    with pytest.raises(UnsupportedInputError, match="never, immediate, 1h, 1d"):
+        backend(OMNI_VIDEO, upload_expires_in="2h")
+
+
 # --- results ---------------------------------------------------------------------------------
 
 

@@ -324,6 +324,48 @@ def test_a_delete_that_fails_is_a_warning_naming_the_asset(catalog: Catalog) -> 
     httpx_delete_leftovers(catalog)
 
 
+LONG_KEY = "nvapi-" + "k7" * 30
+
+
+def test_an_asset_api_echoing_the_key_in_a_401_does_not_leak_it(catalog: Catalog) -> None:
+    catalog.fail("create", 401)
+    llm = hosted_llm(catalog, api_key=LONG_KEY)
+    with pytest.raises(RequestError, match="Creating an NVCF asset") as raised:
+        llm.invoke(ask(photo_block()))
+    assert "was refused" in str(raised.value) and "**********" in str(raised.value)
+    assert LONG_KEY not in everything_about(raised.value)
+
+
+async def test_an_async_asset_api_echoing_the_key_in_a_401_does_not_leak_it(
+    catalog: Catalog,
+) -> None:
+    catalog.fail("create", 401)
+    llm = hosted_llm(catalog, api_key=LONG_KEY)
+    with pytest.raises(RequestError, match="was refused") as raised:
+        await llm.ainvoke(ask(photo_block()))
+    assert LONG_KEY not in everything_about(raised.value)
+
+
+def test_a_delete_refused_with_the_key_echoed_warns_without_the_key(catalog: Catalog) -> None:
+    catalog.fail("delete", 401)
+    with pytest.warns(AssetCleanupWarning, match="was refused") as caught:
+        hosted_llm(catalog, api_key=LONG_KEY).invoke(ask(photo_block()))
+    assert all(LONG_KEY not in str(w.message) for w in caught)
+    httpx_delete_leftovers(catalog)
+
+
+def everything_about(error: BaseException) -> str:
+    """An exception as a user or a log would see it: message, repr, chain, traceback."""
+    import traceback
+
+    chain = []
+    seen: BaseException | None = error
+    while seen is not None:
+        chain += [str(seen), repr(seen), repr(getattr(seen, "__dict__", {}))]
+        seen = seen.__cause__ or seen.__context__
+    return "\n".join([*chain, *traceback.format_exception(error)])
+
+
 def httpx_delete_leftovers(catalog: Catalog) -> None:
     import httpx
 

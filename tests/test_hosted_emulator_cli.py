@@ -116,7 +116,7 @@ def test_a_failed_fal_upload_says_it_was_the_upload(monkeypatch: pytest.MonkeyPa
     assert len(big) > 1_000_000
     with use_fal_emulator() as emulator:
         emulator.state.refuse_uploads = True
-        llm = ChatNemoFal(model="fal-ai/nemotron-diffusion-vlm", max_retries=0)
+        llm = ChatNemoFal(model="fal-ai/nemotron-diffusion-vlm")
         block = {"type": "image", "base64": b64(big), "mime_type": "image/jpeg"}
         with pytest.raises(RequestError, match=r"Uploading .* to fal storage .* failed"):
             llm.invoke([HumanMessage(content=[{"type": "text", "text": "What?"}, block])])

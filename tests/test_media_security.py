@@ -190,6 +190,8 @@ def web() -> Iterator[tuple[str, Counter[str]]]:
             return RedirectResponse("http://169.254.169.254/latest/a.gif", status_code=307)
         if name == "to-intranet.gif":
             return RedirectResponse("http://intranet.example/pic.gif", status_code=301)
+        if name == "to-elsewhere.gif":  # to another origin: another port
+            return RedirectResponse(request.query_params["to"], status_code=302)
         if name == "to-file.gif":
             return RedirectResponse("file:///etc/passwd", status_code=302)
         if name == "held.gif":  # says nothing until the test lets it, noting a hang-up
@@ -324,6 +326,86 @@ def test_the_users_http_client_follows_no_redirect_on_its_own(
         policy = MediaPolicy(http_client=client, allowed_hosts=("127.0.0.1",))
         with pytest.raises(UnsupportedInputError, match="10.0.0.5 is a private address"):
             prepare_media(image_at(f"{base}/to-private.gif"), LLAMA, policy)
+
+
+@pytest.fixture(scope="module")
+def elsewhere() -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """A second loopback server, on another port (another origin): records the headers
+    of each request; ``/hop.gif`` redirects to its own ``/pic.gif``."""
+    seen: list[dict[str, str]] = []
+
+    async def serve(request: Request) -> Response:
+        seen.append(dict(request.headers))
+        if request.path_params["name"] == "hop.gif":
+            return RedirectResponse("/pic.gif", status_code=302)
+        return Response(gif(), media_type="image/gif")
+
+    app = Starlette(routes=[Route("/{name}", serve)])
+    with RunningServer(app) as server:
+        yield server.url, seen
+
+
+CREDENTIALS = {"Authorization": "Bearer users-own-token", "Proxy-Authorization": "Basic cHJv"}
+SENT = ("authorization", "proxy-authorization", "cookie")
+
+
+def credentialed_client(cls: Any) -> Any:
+    return cls(headers=CREDENTIALS, cookies={"session": "users-session"})
+
+
+def test_the_users_client_credentials_do_not_follow_a_redirect_to_another_origin(
+    web: tuple[str, Counter[str]], elsewhere: tuple[str, list[dict[str, str]]]
+) -> None:
+    base, _ = web
+    other, seen = elsewhere
+    seen.clear()
+    with credentialed_client(httpx.Client) as client:
+        policy = MediaPolicy(http_client=client, allowed_hosts=("127.0.0.1",))
+        prepare_media(image_at(f"{base}/to-elsewhere.gif?to={other}/pic.gif"), LLAMA, policy)
+    [received] = seen
+    assert [name for name in SENT if name in received] == []
+
+
+def test_the_users_client_auth_does_not_follow_a_redirect_to_another_origin(
+    web: tuple[str, Counter[str]], elsewhere: tuple[str, list[dict[str, str]]]
+) -> None:
+    base, _ = web
+    other, seen = elsewhere
+    seen.clear()
+    with httpx.Client(auth=("user", "users-password")) as client:
+        policy = MediaPolicy(http_client=client, allowed_hosts=("127.0.0.1",))
+        prepare_media(image_at(f"{base}/to-elsewhere.gif?to={other}/pic.gif"), LLAMA, policy)
+    [received] = seen
+    assert "authorization" not in received
+
+
+def test_the_users_client_credentials_follow_a_redirect_on_the_same_origin(
+    elsewhere: tuple[str, list[dict[str, str]]],
+) -> None:
+    other, seen = elsewhere
+    seen.clear()
+    with credentialed_client(httpx.Client) as client:
+        policy = MediaPolicy(http_client=client, allowed_hosts=("127.0.0.1",))
+        prepare_media(image_at(f"{other}/hop.gif"), LLAMA, policy)
+    assert [[n for n in SENT if n in r] for r in seen] == [list(SENT), list(SENT)]
+
+
+def test_the_async_clients_credentials_do_not_follow_a_redirect_to_another_origin(
+    web: tuple[str, Counter[str]], elsewhere: tuple[str, list[dict[str, str]]]
+) -> None:
+    base, _ = web
+    other, seen = elsewhere
+    seen.clear()
+
+    async def main() -> None:
+        async with credentialed_client(httpx.AsyncClient) as client:
+            policy = MediaPolicy(async_http_client=client, allowed_hosts=("127.0.0.1",))
+            url = f"{base}/to-elsewhere.gif?to={other}/pic.gif"
+            await aprepare_media(image_at(url), LLAMA, policy)
+
+    asyncio.run(main())
+    [received] = seen
+    assert [name for name in SENT if name in received] == []
 
 
 def test_an_async_call_fetches_through_the_async_http_client(

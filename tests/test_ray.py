@@ -19,10 +19,21 @@ ray = pytest.importorskip(
 )
 pytest.importorskip("ray.data", reason="Ray Data is not installed: pip install -e '.[ray]'")
 
+from hosted_catalog import (  # noqa: E402
+    PHOTO,
+    PHOTO_B,
+    Catalog,
+    asset_ids,
+    catalog,
+    catalog_server,
+)
+
 from nemovlm.emulator import create_nim_app  # noqa: E402
 from nemovlm.emulator.server import RunningServer  # noqa: E402
 from nemovlm.ray import NemoVLMPredictor  # noqa: E402
 from nemovlm.samples import make_image  # noqa: E402
+
+__all__ = ["catalog", "catalog_server"]  # fixtures, imported for pytest
 
 NANO_12B = "nvidia/nemotron-nano-12b-v2-vl"
 
@@ -126,3 +137,25 @@ def test_reasoning_lands_in_its_own_column(
     for row in rows:
         assert row["reasoning"].startswith("Reasoning (emulated)")
         assert "<think>" not in row["answer"]
+
+
+def test_the_predictor_sends_photos_to_the_hosted_catalog_as_assets_and_deletes_them(
+    local_ray: None, catalog: Catalog
+) -> None:
+    items = [{"id": "a", "image": PHOTO, "prompt": "Read it."},
+             {"id": "b", "image": PHOTO_B, "prompt": "Read it."}]  # fmt: skip
+    kwargs = {"model": NANO_12B, **catalog.settings()}
+    rows = (
+        ray.data.from_items(items)
+        .map_batches(
+            NemoVLMPredictor,
+            fn_constructor_kwargs=kwargs,
+            compute=ray.data.ActorPoolStrategy(size=1),
+            num_cpus=0.5,
+            batch_size=2,
+        )
+        .take_all()
+    )
+    assert [row["error"] for row in rows] == [None, None]
+    assert all(len(asset_ids(chat)) == 1 for chat in catalog.chats())
+    assert catalog.calls().count(("DELETE", "delete")) == 2 and catalog.live() == []

@@ -19,6 +19,7 @@ import re
 import socket
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -697,6 +698,25 @@ async def test_cancelling_an_awaiting_fal_call_cancels_the_queued_request(
     assert record.cancelled
 
 
+async def test_cancelling_a_fal_call_while_fal_acknowledges_it_cancels_the_queued_request(
+    fal_emu: FalEmulator,
+) -> None:
+    # fal queues the request, then its answer to the submission is late: the task is
+    # cancelled in between, before the client knows the request id.
+    fal_emu.state.late_ack_queued.clear()
+    fal_emu.state.late_ack_release.clear()
+    fal_emu.inject_fault("late_ack")
+    task = asyncio.create_task(fal().ainvoke(with_image()))
+    assert await asyncio.to_thread(fal_emu.state.late_ack_queued.wait, 60)
+    task.cancel()
+    await asyncio.sleep(0)  # the task takes the cancellation before the answer can come
+    fal_emu.state.late_ack_release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [record] = fal_emu.state.requests.values()
+    assert record.cancelled
+
+
 async def test_closing_a_fal_stream_midway_cancels_the_queued_request(
     fal_emu: FalEmulator,
 ) -> None:
@@ -745,12 +765,21 @@ def test_a_passing_fal_rate_limit_is_retried_by_fal_client(fal_emu: FalEmulator)
     assert fal_emu.state.rate_limited == 2 and len(fal_emu.state.requests) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fal-client retries 429 on its own (10 attempts, its own backoff, Retry-After "
-    "ignored) and has no setting for it, so ChatNemoFal's max_retries does not apply",
-)
-def test_fal_honours_max_retries_zero_on_a_rate_limit(fal_emu: FalEmulator) -> None:
+def test_max_retries_on_fal_warns_that_it_does_not_apply(fal_emu: FalEmulator) -> None:
+    # fal-client retries 429 on its own and has no setting for it: the warning is true.
+    with pytest.warns(UserWarning, match="max_retries=0 does not apply .* Drop max_retries"):
+        llm = fal(max_retries=0)
     fal_emu.inject_fault("429")
-    with pytest.raises(RateLimitError):
-        fal(max_retries=0).invoke(with_image())
+    assert "[nemovlm emulator]" in llm.invoke(with_image()).text
+    assert fal_emu.state.rate_limited == 1
+
+
+def test_max_retries_on_a_llama_index_fal_model_warns_too() -> None:
+    with pytest.warns(UserWarning, match="max_retries=5 does not apply"):
+        NemoFal(model=DIFFUSION, api_key="emulator-key", max_retries=5)
+
+
+def test_the_default_max_retries_langchain_passes_every_model_stays_quiet() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fal(max_retries=2)

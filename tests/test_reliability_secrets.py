@@ -306,6 +306,41 @@ def test_a_credential_in_the_base_url_query_is_hidden_too(nim_url: str) -> None:
     assert hidden_leaks(shown) == [] and "region=eu" in shown
 
 
+def with_assets_password(nim_url: str) -> dict[str, Any]:
+    assets = nim_url.replace("http://", f"http://nvcf-user:{URL_PASSWORD}@")
+    return {"model": NANO12, "base_url": nim_url, "hosted": True, "assets_url": assets}
+
+
+@pytest.mark.parametrize("rendering", list(RENDERINGS))
+@pytest.mark.parametrize("cls", [ChatNemoVLM, NemoVLM])
+def test_a_password_in_assets_url_is_not_in_any_rendering(
+    nim_url: str, cls: Any, rendering: str
+) -> None:
+    model = cls(**with_assets_password(nim_url))
+    text = RENDERINGS[rendering](model)
+    assert hidden_leaks(text) == []
+    assert URL_PASSWORD in str(model.backend.hosted.assets_url)  # still the real URL
+
+
+def test_a_password_in_assets_url_is_not_in_llama_index_to_json(nim_url: str) -> None:
+    shown = NemoVLM(**with_assets_password(nim_url)).to_json()
+    assert hidden_leaks(shown) == [] and "nvcf-user:**********@" in shown
+
+
+def test_a_password_in_assets_url_is_a_secret_reference_in_langchain_dumps(nim_url: str) -> None:
+    kwargs = json.loads(dumps(ChatNemoVLM(**with_assets_password(nim_url))))["kwargs"]
+    assert kwargs["assets_url"] == {"lc": 1, "type": "secret", "id": ["NVCF_ASSETS_URL"]}
+
+
+def test_a_password_in_assets_url_is_not_in_an_error_about_reaching_it(nim_url: str) -> None:
+    settings = with_assets_password(nim_url)
+    settings["assets_url"] = f"http://nvcf-user:{URL_PASSWORD}@127.0.0.1:9/v2/nvcf/assets"
+    llm = ChatNemoVLM(**settings, api_key=NIM_KEY, max_retries=0, hosted_media="upload")
+    with pytest.raises(RequestError, match="Creating an NVCF asset") as info:
+        llm.invoke(ask_with_image())
+    assert hidden_leaks(everything_about(info.value)) == []
+
+
 def test_credentials_in_headers_and_base_url_are_secret_references_in_langchain_dumps(
     nim_url: str,
 ) -> None:

@@ -179,7 +179,11 @@ FAL_PROBES: dict[str, tuple[dict[str, Any], Any, list[Media]]] = {
     ),
 }
 # seed and include_reasoning: refused by both fal apps (tests in test_chat_nemo_fal.py).
-FAL_CONNECTION = {"api_key", "timeout", "poll_interval", "max_retries", "seed", "include_reasoning"}
+# upload_expires_in: not in the request; shown reaching fal's storage below.
+FAL_CONNECTION = {
+    "api_key", "timeout", "poll_interval", "max_retries", "seed", "include_reasoning",
+    "upload_expires_in",
+}  # fmt: skip
 
 
 # Media guards: shown by the tests below (a private host fetched; caps that refuse).
@@ -366,6 +370,28 @@ def test_fal_connection_settings_reach_the_backend_the_same_from_both_frameworks
         backend = llm.backend
         assert (backend.timeout, backend.poll_interval) == (42.0, 0.5)
         assert backend.api_key.get_secret_value() == "fal-key"
+
+
+def test_upload_expires_in_reaches_fal_storage_the_same_from_both_frameworks(
+    fal_emulator: FalEmulator,
+) -> None:
+    settings = {"model": OMNI, "api_key": "fal-key", "poll_interval": 0.01}
+    media: list[Media] = [("video", MP4)]
+    lifecycles = []
+    for llm in (
+        ChatNemoFal(**settings, upload_threshold_bytes=10, upload_expires_in="1d"),
+        NemoFal(**settings, upload_threshold_bytes=10, upload_expires_in="1d"),
+    ):
+        arguments = (
+            llm.chat(_llama_index_messages(media))
+            if isinstance(llm, NemoFal)
+            else llm.invoke(_langchain_messages(media))
+        )
+        assert arguments is not None
+        url = fal_emulator.state.received()[-1]["video_url"]
+        file_id = url.split("/cdn/files/", 1)[1].split("/", 1)[0]
+        lifecycles.append(fal_emulator.state.files[file_id].lifecycle)
+    assert lifecycles == [{"expiration_duration_seconds": 86400}] * 2
 
 
 def test_failed_fetch_through_users_client_is_a_clear_error(nim_url: str) -> None:

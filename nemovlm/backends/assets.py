@@ -39,6 +39,7 @@ from nemovlm.hosted import (
 from nemovlm.media import PreparedMedia
 from nemovlm.pipeline import PreparedConversation
 from nemovlm.profiles import ModelProfile
+from nemovlm.secrets import redact_text, scrub_exception, secret_values
 
 __all__ = ["AssetCleanupWarning", "ahosted_call", "hosted_call"]
 
@@ -57,6 +58,9 @@ class _Call:
     api_key: SecretStr | None
     timeout: float | None
     model: str
+    secrets: tuple[str, ...] = ()
+    """The backend's credentials and any in ``assets_url``: kept out of every error and
+    warning here (an asset API may echo the key it refused)."""
 
     @property
     def auth(self) -> dict[str, str]:
@@ -70,6 +74,18 @@ class _Call:
 
     def asset_url(self, asset_id: str) -> str:
         return f"{self.assets_url.rstrip('/')}/{asset_id}"
+
+
+def _call(
+    settings: HostedSettings,
+    api_key: SecretStr | None,
+    timeout: float | None,
+    profile: ModelProfile,
+    secrets: tuple[str, ...],
+) -> _Call:
+    own = secret_values(api_key=api_key, base_url=settings.assets_url)
+    every = tuple(sorted(set(secrets) | set(own), key=len, reverse=True))
+    return _Call(settings.assets_url, api_key, timeout, profile.model, every)
 
 
 def _description(media: PreparedMedia, model: str) -> str:
@@ -105,6 +121,7 @@ def hosted_call(
     api_key: SecretStr | None,
     client: Any,
     timeout: float | None,
+    secrets: tuple[str, ...] = (),
 ) -> Iterator[tuple[PreparedConversation, dict[str, str]]]:
     """The conversation as the catalog takes it and the headers for the request;
     every asset created for it is deleted on leaving. Not hosted: unchanged, no headers."""
@@ -112,7 +129,7 @@ def hosted_call(
         yield prepared, {}
         return
     plan = plan_media(prepared, profile, settings)
-    call = _Call(settings.assets_url, api_key, timeout, profile.model)
+    call = _call(settings, api_key, timeout, profile, secrets)
     created: dict[Hashable, str] = {}
     try:
         if plan.uploads:
@@ -124,6 +141,9 @@ def hosted_call(
             yield out, _headers(list(created.values()))
         except RequestError as exc:
             raise _hosted_error(exc, settings, plan, profile) from exc
+    except BaseException as exc:
+        scrub_exception(exc, call.secrets)
+        raise
     finally:
         if created:
             _delete_all(client, call, list(created.values()))
@@ -199,7 +219,7 @@ def _delete_all(client: Any, call: _Call, ids: list[str]) -> None:
     else:
         with ThreadPoolExecutor(min(len(ids), _MAX_CONCURRENT_UPLOADS)) as pool:
             problems = list(pool.map(one, ids))
-    _warn_undeleted([p for p in problems if p])
+    _warn_undeleted([p for p in problems if p], call.secrets)
 
 
 # --- async -------------------------------------------------------------------------
@@ -214,6 +234,7 @@ async def ahosted_call(
     api_key: SecretStr | None,
     client: Any,
     timeout: float | None,
+    secrets: tuple[str, ...] = (),
 ) -> AsyncIterator[tuple[PreparedConversation, dict[str, str]]]:
     """``hosted_call`` for async callers; uploads run concurrently on the loop, and
     the deletion survives the call's cancellation (it is shielded)."""
@@ -221,7 +242,7 @@ async def ahosted_call(
         yield prepared, {}
         return
     plan = plan_media(prepared, profile, settings)
-    call = _Call(settings.assets_url, api_key, timeout, profile.model)
+    call = _call(settings, api_key, timeout, profile, secrets)
     created: dict[Hashable, str] = {}
     creates: list[asyncio.Future[str]] = []
     uploads: list[asyncio.Future[None]] = []
@@ -252,6 +273,9 @@ async def ahosted_call(
             yield out, _headers(list(created.values()))
         except RequestError as exc:
             raise _hosted_error(exc, settings, plan, profile) from exc
+    except BaseException as exc:
+        scrub_exception(exc, call.secrets)
+        raise
     finally:
         if uploads:
             await _settle(uploads, creates)
@@ -315,7 +339,7 @@ async def _adelete_all(client: Any, call: _Call, ids: list[str]) -> None:
         return _process_deleted(response, asset_id)
 
     problems = await asyncio.gather(*(one(i) for i in ids))
-    _warn_undeleted([p for p in problems if p])
+    _warn_undeleted([p for p in problems if p], call.secrets)
 
 
 # --- answers -----------------------------------------------------------------------
@@ -369,11 +393,11 @@ def _process_deleted(response: Any, asset_id: str) -> str | None:
     return f"{asset_id}: status {response.status_code}: {_server_message(response)}"
 
 
-def _warn_undeleted(problems: list[str]) -> None:
+def _warn_undeleted(problems: list[str], secrets: tuple[str, ...]) -> None:
     if problems:
         warnings.warn(
             "Could not delete NVCF asset(s) after the call (NVIDIA deletes assets after 24 "
-            f"hours): {'; '.join(problems)}",
+            f"hours): {redact_text('; '.join(problems), secrets)}",
             AssetCleanupWarning,
             stacklevel=4,
         )

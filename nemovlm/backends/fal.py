@@ -7,7 +7,8 @@ output, the ``reasoning_mode`` switch, media checks) -> ``_map_arguments``:
 ``system_prompt`` where the app has one), ``_map_params`` (``_map_steps``: the
 diffusion step rule) and ``_plan_media`` (URLs pass through, small bytes go inline as a
 data URL, large bytes and local files are uploaded with fal-client's ``upload``) ->
-``fal_client.SyncClient/AsyncClient.subscribe`` (submit, poll with logs, result).
+``fal_client.SyncClient.subscribe`` or, async, ``_asubscribe`` (submit, poll with
+logs, result; the submission shielded so a cancelled task still cancels what it queued).
 
 Output flow: the result dict -> ``_process_result`` (one raw ``Delta``: output,
 finish reason, usage, metadata with the fal request id, timings, diffusion usage and
@@ -62,6 +63,9 @@ logger = logging.getLogger(__name__)
 
 UPLOAD_THRESHOLD_BYTES = 1_000_000
 """Media bytes above this go up with ``fal_client.upload`` instead of inline base64."""
+UPLOAD_EXPIRES_IN = "1h"
+"""How long fal's storage keeps an uploaded medium (fal-client's ``StorageSettings``):
+long enough for the queue wait and the run, short enough not to keep a user's photo."""
 MIN_TIMEOUT_S = 1.0  # fal-client refuses a server-side start timeout of 1 s or less
 
 
@@ -264,6 +268,9 @@ class FalBackend:
     """Seconds for the whole queued request; on expiry it is cancelled on fal's queue."""
     poll_interval: float = 0.1
     upload_threshold_bytes: int = UPLOAD_THRESHOLD_BYTES
+    upload_expires_in: str | int = UPLOAD_EXPIRES_IN
+    """Lifetime of uploaded media on fal's storage: never, immediate (about a minute),
+    1h, 1d, 7d, 30d, 1y, or seconds."""
     policy: MediaPolicy = field(default_factory=MediaPolicy)
     _client: fal_client.SyncClient | None = field(default=None, init=False, repr=False)
     _aclients: PerLoop[fal_client.AsyncClient] = field(
@@ -278,6 +285,17 @@ class FalBackend:
             )
         if self.poll_interval <= 0:
             raise UnsupportedInputError(f"poll_interval must be > 0 (got {self.poll_interval}).")
+        try:
+            fal_client.StorageSettings(expires_in=self.upload_expires_in)  # type: ignore[arg-type]
+        except (ValueError, TypeError) as exc:
+            raise UnsupportedInputError(
+                f"upload_expires_in={self.upload_expires_in!r} is not a fal storage lifetime: "
+                "use never, immediate, 1h, 1d, 7d, 30d, 1y, or a number of seconds."
+            ) from exc
+
+    @property
+    def _lifecycle(self) -> fal_client.StorageSettings:
+        return fal_client.StorageSettings(expires_in=self.upload_expires_in)  # type: ignore[arg-type]
 
     # --- clients ----------------------------------------------------------------
 
@@ -356,23 +374,9 @@ class FalBackend:
         with _converted_errors(self.profile.model, self.timeout, tracker, self._secrets):
             if upload is not None:
                 arguments[upload.field_name] = await self._aupload(upload)
-            try:
-                result = await client.subscribe(
-                    self.profile.model,
-                    arguments,
-                    with_logs=True,
-                    interval=self.poll_interval,
-                    on_enqueue=tracker.on_enqueue,
-                    on_queue_update=tracker.aon_update,
-                    client_timeout=self.timeout,
-                )
-            except asyncio.CancelledError:
-                # The awaiting task was cancelled (or the stream it fed was closed):
-                # cancel the queued request too, or it runs (and costs) on. Shielded, so
-                # a second cancellation does not stop the cancel request half-way.
-                if (request_id := tracker.abandon()) is not None:
-                    await _acancel_quietly(client, self.profile.model, request_id)
-                raise
+            result = await _asubscribe(
+                client, self.profile.model, arguments, tracker, self.poll_interval, self.timeout
+            )
         return self._process_whole(result, prepared, options, arguments, tracker)
 
     @property
@@ -382,16 +386,20 @@ class FalBackend:
     def _upload(self, upload: _Upload) -> str:
         with _upload_errors(self.profile.model, upload):
             if upload.path is not None:
-                return self.client.upload_file(upload.path)
+                return self.client.upload_file(upload.path, lifecycle=self._lifecycle)
             assert upload.data is not None
-            return self.client.upload(upload.data, upload.mime_type, upload.file_name)
+            return self.client.upload(
+                upload.data, upload.mime_type, upload.file_name, lifecycle=self._lifecycle
+            )
 
     async def _aupload(self, upload: _Upload) -> str:
         with _upload_errors(self.profile.model, upload):
             if upload.path is not None:
-                return await self.async_client.upload_file(upload.path)
+                return await self.async_client.upload_file(upload.path, lifecycle=self._lifecycle)
             assert upload.data is not None
-            return await self.async_client.upload(upload.data, upload.mime_type, upload.file_name)
+            return await self.async_client.upload(
+                upload.data, upload.mime_type, upload.file_name, lifecycle=self._lifecycle
+            )
 
     def _process_whole(
         self,
@@ -612,6 +620,73 @@ def _reply_as_delta(reply: Reply) -> Delta:
         response_id=reply.response_id,
         metadata=dict(reply.metadata),
     )
+
+
+async def _asubscribe(
+    client: fal_client.AsyncClient,
+    model: str,
+    arguments: dict[str, Any],
+    tracker: _QueueTracker,
+    interval: float,
+    timeout: float | None,
+) -> Any:
+    """fal-client's ``AsyncClient.subscribe`` (submit, poll with logs, result, a
+    deadline that cancels the queued request), with the submission shielded: a task
+    cancelled after fal queued the request but before its answer was read still learns
+    the request id, and cancels that request instead of leaving it to run (and bill)."""
+    submitting = asyncio.ensure_future(
+        client.submit(model, arguments, start_timeout=timeout)  # as subscribe sends it
+    )
+
+    async def follow() -> Any:
+        handle = await asyncio.shield(submitting)
+        tracker.on_enqueue(handle.request_id)
+        async for status in handle.iter_events(with_logs=True, interval=interval):
+            update = tracker.aon_update(status)
+            if update is not None:
+                await update
+        return await handle.get(interval=interval)
+
+    try:
+        return await asyncio.wait_for(follow(), timeout)
+    except asyncio.TimeoutError as exc:
+        tracker.abandon()
+        if not submitting.done():
+            submitting.cancel()  # hang up, as fal-client does: fal has not queued it
+            raise fal_client.FalClientTimeoutError(timeout=timeout or 0.0) from exc
+        request_id = await _acancel_submitted(submitting, client, model)
+        raise fal_client.FalClientTimeoutError(
+            timeout=timeout or 0.0, request_id=request_id
+        ) from exc
+    except asyncio.CancelledError:
+        # The awaiting task was cancelled (or the stream it fed was closed): cancel the
+        # queued request too, or it runs (and costs) on.
+        tracker.abandon()
+        await _acancel_submitted(submitting, client, model)
+        raise
+
+
+async def _acancel_submitted(
+    submitting: asyncio.Future[Any], client: fal_client.AsyncClient, model: str
+) -> str | None:
+    """Once the submission has answered (waited for through further cancellations),
+    cancel the request it queued; its id, or ``None`` when nothing was queued."""
+    cancelled = False
+    while not submitting.done():
+        try:
+            await asyncio.shield(submitting)
+        except asyncio.CancelledError:
+            cancelled = cancelled or not submitting.cancelled()
+        except Exception:
+            break
+    if submitting.cancelled() or submitting.exception() is not None:
+        request_id = None
+    else:
+        request_id = submitting.result().request_id
+        await _acancel_quietly(client, model, request_id)
+    if cancelled:
+        raise asyncio.CancelledError
+    return request_id
 
 
 # --- errors ---------------------------------------------------------------------------------

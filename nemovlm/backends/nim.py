@@ -330,6 +330,7 @@ class NIMBackend:
             api_key=self.api_key,
             client=self.client._client if self.hosted else None,
             timeout=self.timeout,
+            secrets=self._secrets,
         )
 
     def _ahosted(self, prepared: PreparedConversation) -> _AHosted:
@@ -340,6 +341,7 @@ class NIMBackend:
             api_key=self.api_key,
             client=self.async_client._client if self.hosted else None,
             timeout=self.timeout,
+            secrets=self._secrets,
         )
 
     def _process_whole(self, completion: Any, prepared: PreparedConversation) -> Reply:

@@ -23,6 +23,7 @@ from pydantic import SecretStr
 
 from nemovlm.backends import ChatBackend
 from nemovlm.errors import MissingCredentialsError, UnsupportedInputError
+from nemovlm.hosted import HostedMedia
 from nemovlm.media import IMAGE_FORMATS, VIDEO_FORMATS, mime_type_for, read_media_file, sniff_format
 from nemovlm.messages import MediaKind, MediaPart, Reply, TextPart, Turn
 from nemovlm.options import RequestOptions, check_options
@@ -38,12 +39,17 @@ def connect(
     api_key: SecretStr | str | None = None,
     max_retries: int | None = None,
     timeout: float | None = None,
+    hosted: bool | None = None,
+    hosted_media: HostedMedia | None = None,
+    assets_url: str | None = None,
 ) -> ChatBackend:
     """The core backend serving ``model``: fal for the fal apps, else NIM (``base_url``,
     then ``NVIDIA_BASE_URL``, then NVIDIA's hosted catalog with ``NVIDIA_API_KEY``).
 
     ``max_retries`` is the ``openai`` SDK's (NIM); fal-client retries on its own, so
-    asking for a count there is refused rather than ignored.
+    asking for a count there is refused rather than ignored. ``hosted``,
+    ``hosted_media`` and ``assets_url`` are the hosted catalog's (``nemovlm.hosted``):
+    ``hosted=None`` decides from the base URL; large media go up as NVCF assets.
     """
     profile = get_profile(model)
     if profile.backend == "fal":
@@ -51,6 +57,11 @@ def connect(
             raise UnsupportedInputError(
                 f"{model} is served by fal, which has no base URL setting: drop --base-url "
                 "(FAL_KEY picks the account)."
+            )
+        if hosted or hosted_media is not None or assets_url is not None:
+            raise UnsupportedInputError(
+                f"{model} is served by fal, not NVIDIA's hosted catalog: drop --hosted, "
+                "--hosted-media and --assets-url."
             )
         if max_retries is not None:
             raise UnsupportedInputError(
@@ -75,7 +86,15 @@ def connect(
         settings["max_retries"] = max_retries
     if timeout is not None:
         settings["timeout"] = timeout
-    return NIMBackend.connect(profile, base_url=base_url, api_key=api_key, **settings)
+    return NIMBackend.connect(
+        profile,
+        base_url=base_url,
+        api_key=api_key,
+        hosted=hosted,
+        hosted_media=hosted_media or "auto",
+        assets_url=assets_url,
+        **settings,
+    )
 
 
 def request_options(

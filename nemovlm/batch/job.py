@@ -35,6 +35,7 @@ from nemovlm.batch.calls import (
 from nemovlm.batch.inputs import InputStats, Row, count_rows, iter_rows
 from nemovlm.batch.results import BatchSummary, ResultFile
 from nemovlm.errors import UnsupportedInputError
+from nemovlm.hosted import HostedMedia
 from nemovlm.options import RequestOptions
 from nemovlm.pipeline import aprepare
 from nemovlm.profiles import ModelProfile, get_profile
@@ -80,6 +81,9 @@ async def arun(
     base_url: str | None = None,
     api_key: SecretStr | str | None = None,
     timeout: float | None = None,
+    hosted: bool | None = None,
+    hosted_media: HostedMedia | None = None,
+    assets_url: str | None = None,
     json_schema: Mapping[str, Any] | str | Path | None = None,
     reasoning: bool | None = None,
     max_tokens: int | None = None,
@@ -99,8 +103,10 @@ async def arun(
     mapping or a file) asks for structured output and adds ``parsed`` to each row.
     ``reasoning`` switches the model's reasoning the model's own way; the trace lands
     in ``reasoning``. ``max_retries`` is the NIM client's retry count (fal retries on
-    its own). ``dry_run`` reads and checks every row, refusing bad ones, without
-    sending anything or writing ``out``.
+    its own). ``hosted`` / ``hosted_media`` / ``assets_url``: NVIDIA's hosted catalog
+    (``None``: decided from the base URL), whose large media go up as NVCF assets,
+    each deleted after its call (``nemovlm.hosted``). ``dry_run`` reads and checks
+    every row, refusing bad ones, without sending anything or writing ``out``.
 
     Progress goes to ``progress_file`` (default stderr): a bar on a terminal, else a
     plain line every ``progress_interval`` seconds (0: after every row) and at the end.
@@ -123,7 +129,14 @@ async def arun(
     backend = None
     if not dry_run:
         backend = connect(
-            model, base_url=base_url, api_key=api_key, max_retries=max_retries, timeout=timeout
+            model,
+            base_url=base_url,
+            api_key=api_key,
+            max_retries=max_retries,
+            timeout=timeout,
+            hosted=hosted,
+            hosted_media=hosted_media,
+            assets_url=assets_url,
         )
     total = count_rows(names, prompt) if progress is not False else None
     results = ResultFile(out, overwrite=overwrite, dry_run=dry_run).open()

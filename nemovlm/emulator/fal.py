@@ -48,7 +48,11 @@ never by marker, since every retry would carry the marker again; counted in
 ``FalEmulatorState.rate_limited``); ``slow_submit`` (injected only): the submission is
 held until the client hangs up - then nothing is queued - or for
 ``FalEmulatorSettings.submit_hold_seconds``, after which it is queued as a ``slow``
-request (to test a timeout that strikes before fal has acknowledged the request).
+request (to test a timeout that strikes before fal has acknowledged the request);
+``late_ack`` (injected only): the submission queues the request (as a ``slow`` one),
+sets ``FalEmulatorState.late_ack_queued``, and answers only once the test sets
+``late_ack_release`` (to test a call cancelled between fal queueing the request and the
+client reading the answer).
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections import deque
@@ -85,8 +90,10 @@ from starlette.routing import Route
 from nemovlm.emulator.schema import Hint, hint_from_text, synthesize
 from nemovlm.emulator.server import RunningServer
 
-FaultKind = Literal["failed", "422", "slow", "bad_json", "429", "slow_submit"]
-FAULT_KINDS: tuple[FaultKind, ...] = ("failed", "422", "slow", "bad_json", "429", "slow_submit")
+FaultKind = Literal["failed", "422", "slow", "bad_json", "429", "slow_submit", "late_ack"]
+FAULT_KINDS: tuple[FaultKind, ...] = (
+    "failed", "422", "slow", "bad_json", "429", "slow_submit", "late_ack"
+)  # fmt: skip
 BROKEN_TOOL_CALL = '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Par'
 EMULATOR_TAG = "[nemovlm emulator]"
 
@@ -127,6 +134,9 @@ class _StoredFile:
     data: bytes = field(repr=False)
     content_type: str
     name: str
+    lifecycle: dict[str, Any] | None = None
+    """The object lifecycle the upload asked for (fal-client's ``StorageSettings`` as
+    the ``X-Fal-Object-Lifecycle(-Preference)`` header), e.g. its expiry in seconds."""
 
 
 @dataclass
@@ -180,6 +190,10 @@ class FalEmulatorState:
     """Storage refuses every upload (403), to test how an upload failure reads."""
     rate_limited: int = 0
     """Submissions refused with 429 (the ``429`` fault)."""
+    late_ack_queued: threading.Event = field(default_factory=threading.Event)
+    """Set once a ``late_ack`` submission has queued its request (not yet answered)."""
+    late_ack_release: threading.Event = field(default_factory=threading.Event)
+    """``late_ack`` submissions answer once this is set (or after ``submit_hold_seconds``)."""
 
     def inject_fault(self, kind: FaultKind, times: int = 1) -> None:
         if kind not in FAULT_KINDS:
@@ -580,14 +594,20 @@ async def submit(request: Request) -> Response:
         if await _hung_up_within(request, state.settings.submit_hold_seconds):
             return Response(status_code=499)  # nobody is listening; nothing was queued
         fault = "slow"
+    late = fault == "late_ack"
     record = _QueuedRequest(
         request_id=str(uuid.uuid4()),
         app=app,
         queue_app=_queue_app(app),
         arguments=arguments,
-        fault=fault,
+        fault="slow" if late else fault,
     )
     state.requests[record.request_id] = record
+    if late:
+        # Queued now; the answer waits for the test (a client may hang up meanwhile).
+        state.late_ack_queued.set()
+        hold = state.settings.submit_hold_seconds
+        await asyncio.to_thread(state.late_ack_release.wait, None if math.isinf(hold) else hold)
     body = {
         "status": "IN_QUEUE",
         "request_id": record.request_id,
@@ -771,8 +791,21 @@ async def cdn_token(request: Request) -> Response:
 def _store(request: Request, data: bytes, content_type: str, name: str) -> str:
     file_id = uuid.uuid4().hex
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", name) or "upload.bin"
-    _state(request).files[file_id] = _StoredFile(data, content_type, safe)
+    lifecycle = _lifecycle(request)
+    _state(request).files[file_id] = _StoredFile(data, content_type, safe, lifecycle)
     return f"{_base(request)}/cdn/files/{file_id}/{safe}"
+
+
+def _lifecycle(request: Request) -> dict[str, Any] | None:
+    # The CDN reads X-Fal-Object-Lifecycle, storage X-Fal-Object-Lifecycle-Preference.
+    raw = request.headers.get("x-fal-object-lifecycle") or request.headers.get(
+        "x-fal-object-lifecycle-preference"
+    )
+    try:
+        value = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _refused_upload(request: Request) -> Response | None:

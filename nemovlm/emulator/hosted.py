@@ -182,6 +182,14 @@ def _record(request: Request) -> None:
     )
 
 
+def _echo(request: Request, status: int) -> str:
+    """A faulted 401 echoes the credential it refused, as some servers do: what the
+    client must keep out of its errors."""
+    if status != 401:
+        return f" (status {status})"
+    return f": the credential {request.headers.get('authorization', '(none)')!r} was refused"
+
+
 def _bearer(request: Request) -> bool:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     return scheme.lower() == "bearer" and bool(token.strip())
@@ -197,7 +205,7 @@ async def _create_asset(request: Request) -> Response:
         return _error(401, "Authorization: Bearer <NVIDIA API key> is required.")
     status = state.fault("create")
     if status is not None:
-        return _error(status, f"Emulated failure creating the asset (status {status}).")
+        return _error(status, f"Emulated failure creating the asset{_echo(request, status)}.")
     try:
         body = await request.json()
     except ValueError:
@@ -293,7 +301,7 @@ async def _delete_asset(request: Request) -> Response:
         return _error(401, "Authorization: Bearer <NVIDIA API key> is required.")
     status = state.fault("delete")
     if status is not None:
-        return _error(status, f"Emulated failure deleting the asset (status {status}).")
+        return _error(status, f"Emulated failure deleting the asset{_echo(request, status)}.")
     asset = state.live().pop(request.path_params["asset_id"], None)
     if asset is None:
         return _error(404, "No such asset.")

@@ -8,9 +8,10 @@ policy has an ``async_http_client``, on the caller's loop) -> per hop: ``check_u
 (http(s) only; every address the host resolves to must be public unless
 ``MediaPolicy.allowed_hosts`` allows it; ``refused_reason`` classifies one address) ->
 one GET that does not follow redirects (with our own client, connected to the very
-address just checked) -> ``_process_response`` (a redirect goes round again, at most
-``MAX_REDIRECTS`` hops) -> the body, read against ``max_remote_bytes`` and the one
-deadline ``remote_timeout`` for the whole fetch."""
+address just checked; ``_hop_request``: from the first hop off the URL's origin on,
+without the user's client credentials) -> ``_process_response`` (a redirect goes round
+again, at most ``MAX_REDIRECTS`` hops) -> the body, read against ``max_remote_bytes``
+and the one deadline ``remote_timeout`` for the whole fetch."""
 
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ MAX_REDIRECTS = 5
 """Redirects followed per fetch; each hop's host is checked like the first."""
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_CREDENTIAL_HEADERS = ("Authorization", "Proxy-Authorization", "Cookie")
+"""What a user's client adds that must not follow a redirect to another origin (as
+httpx's own redirects drop ``Authorization``); its ``auth=`` is left off too."""
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -205,13 +210,15 @@ def _fetch(
 ) -> bytes:
     own_client = policy.http_client is None
     client = httpx.Client() if own_client else policy.http_client
+    origin = _origin(url)
     try:
         for hop in range(MAX_REDIRECTS + 1):
             checked = check_url(url, policy, part, hop)
             target, options = _request_for(checked, pinned=own_client)
-            with client.stream(
-                "GET", target, timeout=_left(deadline), follow_redirects=False, **options
-            ) as response:
+            origin = origin if origin == _origin(url) else None
+            request, auth = _hop_request(client, target, options, deadline, origin is not None)
+            response = client.send(request, stream=True, follow_redirects=False, **auth)
+            try:
                 next_url = _process_response(response, url, part, policy)
                 if next_url is not None:
                     url = next_url
@@ -222,6 +229,8 @@ def _fetch(
                         raise _Deadline
                     body.add(chunk)
                 return body.value()
+            finally:
+                response.close()
         raise _too_many_redirects(part)
     except http_errors("TimeoutException") as exc:
         raise _timed_out(part, policy) from exc
@@ -239,12 +248,14 @@ async def _afetch(url: str, policy: MediaPolicy, part: MediaPart, deadline: floa
 
     async def run() -> bytes:
         nonlocal url
+        origin = _origin(url)
         for hop in range(MAX_REDIRECTS + 1):
             # The user's client resolves the host again itself: checked, not pinned.
             await asyncio.to_thread(check_url, url, policy, part, hop)
-            async with client.stream(
-                "GET", url, timeout=_left(deadline), follow_redirects=False
-            ) as response:
+            origin = origin if origin == _origin(url) else None
+            request, auth = _hop_request(client, url, {}, deadline, origin is not None)
+            response = await client.send(request, stream=True, follow_redirects=False, **auth)
+            try:
                 next_url = _process_response(response, url, part, policy)
                 if next_url is not None:
                     url = next_url
@@ -253,6 +264,8 @@ async def _afetch(url: str, policy: MediaPolicy, part: MediaPart, deadline: floa
                 async for chunk in response.aiter_bytes():
                     body.add(chunk)
                 return body.value()
+            finally:
+                await response.aclose()
         raise _too_many_redirects(part)
 
     try:
@@ -263,6 +276,29 @@ async def _afetch(url: str, policy: MediaPolicy, part: MediaPart, deadline: floa
         raise _timed_out(part, policy) from exc
     except http_errors("HTTPError") as exc:
         raise _failed(part, exc) from exc
+
+
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        return scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme)
+    except ValueError:
+        return None
+
+
+def _hop_request(
+    client: Any, target: str, options: dict[str, Any], deadline: float, same_origin: bool
+) -> tuple[Any, dict[str, Any]]:
+    """One hop's GET built by ``client`` (its headers, cookies and settings), and the
+    ``send`` arguments; off the first URL's origin (and every hop after that), without
+    the client's credentials: they were meant for the URL the content named."""
+    request = client.build_request("GET", target, timeout=_left(deadline), **options)
+    if same_origin:
+        return request, {}
+    for name in _CREDENTIAL_HEADERS:
+        request.headers.pop(name, None)
+    return request, {"auth": None}
 
 
 def _left(deadline: float) -> float:
