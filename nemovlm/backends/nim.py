@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import SecretStr
 
-from nemovlm.backends._loops import PerLoop
+from nemovlm.backends._loops import PerLoop, aclose, default_async_http_client, unreachable
 from nemovlm.errors import (
     IncompleteResponseError,
     MissingCredentialsError,
@@ -102,7 +102,9 @@ class NIMBackend:
     async_http_client: Any = None
     policy: MediaPolicy = field(default_factory=MediaPolicy)
     _client: openai.OpenAI | None = field(default=None, init=False, repr=False)
-    _aclients: PerLoop[openai.AsyncOpenAI] = field(default_factory=PerLoop, init=False, repr=False)
+    _aclients: PerLoop[openai.AsyncOpenAI] = field(
+        default_factory=lambda: PerLoop(close=aclose), init=False, repr=False
+    )
     _aclient_own: openai.AsyncOpenAI | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -153,11 +155,11 @@ class NIMBackend:
                     **self._client_kwargs(), http_client=self.async_http_client
                 )
             return self._aclient_own
-        # The SDK's default wrapper would try to close a dropped client on the
-        # *current* loop; its plain default client just lets go.
+        # Not the SDK's own default (httpx): aiohttp, for CPU per request at many in
+        # flight (``default_async_http_client``); closed with its loop (``PerLoop``).
         return self._aclients.get(
             lambda: openai.AsyncOpenAI(
-                **self._client_kwargs(), http_client=openai.DefaultAsyncHttpxClient()
+                **self._client_kwargs(), http_client=default_async_http_client()
             )
         )
 
@@ -511,6 +513,12 @@ def _converted_errors(
     try:
         yield
     except openai.APITimeoutError as exc:
+        if (cause := unreachable(exc)) is not None:
+            raise RequestError(
+                f"Could not reach the server ({type(cause).__name__}: {cause}): check "
+                "base_url and that the server is up.",
+                model=model,
+            ) from exc
         raise RequestTimeoutError(
             f"{model} did not answer within timeout={timeout} s: raise the model's `timeout` "
             "setting, or check the server."
