@@ -79,7 +79,7 @@ class PerLoop(Generic[T]):
         loop = asyncio.get_running_loop()
         for done in [old for old in self._items if old.is_closed()]:
             _, closer = self._items.pop(done)
-            if closer is not None and closer.ag_frame is not None:
+            if closer is not None and getattr(closer, "ag_frame", None) is not None:
                 # A loop closed without shutting down its async generators: close the
                 # client here, as far as it goes without a running loop (an aiohttp
                 # session closes its sockets at once), rather than let the garbage
