@@ -378,7 +378,7 @@ async def _chat_completions(request: Request) -> Response:
     try:
         fault = _process_fault(request)
         if fault is not None and fault.name == "slow":
-            await asyncio.sleep(fault.seconds)
+            await _wait_unless_gone(request, fault.seconds)
         elif fault is not None and fault.name in _STATUS_FAULTS:
             return _map_status_fault(request, fault.name)
         if not isinstance(body, dict):
@@ -404,6 +404,16 @@ def _record(request: Request, body: Any) -> None:
 
 
 # --- faults --------------------------------------------------------------------------
+
+
+async def _wait_unless_gone(request: Request, seconds: float) -> None:
+    """Wait ``seconds``, or until the client hangs up (as one that timed out does), so a
+    long ``slow`` fault holds no task after its client has gone. (A stalled stream
+    stops by itself: Starlette cancels a streaming response whose client has gone.)"""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while (left := deadline - loop.time()) > 0 and not await request.is_disconnected():
+        await asyncio.sleep(min(left, 0.05))
 
 
 def _process_fault(request: Request) -> _Fault | None:
