@@ -16,7 +16,10 @@ prompt-protocol tool call until it can be parsed, and ``finish`` releases the re
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -160,16 +163,23 @@ async def aprepare(
     *,
     stream: bool = False,
 ) -> PreparedConversation:
-    """``prepare`` for async callers: media that must be decoded, read or fetched is
-    prepared in a worker thread, so one large photo does not stall the event loop."""
-    if any(_needs_work(p) for t in turns for p in t.parts if isinstance(p, MediaPart)):
-        return await asyncio.to_thread(prepare, turns, options, profile, policy, stream=stream)
+    """``prepare`` for async callers: a conversation with media is prepared in a worker
+    thread (decoding, reading a file or fetching a URL the model cannot take), so one
+    large photo never stalls the event loop, and many are prepared on every core."""
+    if any(isinstance(p, MediaPart) for t in turns for p in t.parts):
+        work = functools.partial(prepare, turns, options, profile, policy, stream=stream)
+        return await asyncio.get_running_loop().run_in_executor(_media_executor(), work)
     return prepare(turns, options, profile, policy, stream=stream)
 
 
-def _needs_work(part: MediaPart) -> bool:
-    # An http(s) URL usually passes through untouched; bytes, files and data URLs do not.
-    return part.url is None or part.url.startswith("data:") or not part.url.startswith("http")
+@functools.cache
+def _media_executor() -> ThreadPoolExecutor:
+    """Threads of their own for media work (Pillow releases the GIL while it decodes,
+    resizes and encodes), sized as the standard library sizes the loop's default
+    executor. Not that executor: aiohttp resolves host names on it, so 32 photos queued
+    there would hold up every new connection until they were done."""
+    workers = min(32, (os.cpu_count() or 1) + 4)
+    return ThreadPoolExecutor(workers, thread_name_prefix="nemovlm-media")
 
 
 def _map_tool_media(turns: list[Turn], profile: ModelProfile) -> list[Turn]:
