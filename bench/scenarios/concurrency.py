@@ -185,18 +185,19 @@ def _against(
     what: str,
 ) -> None:
     """Two targets: throughput at least the peer's, CPU per request at most the peer's."""
+    who = peer.split(",")[0]
     if ours not in throughput:
         return
     if peer not in throughput:
         for bar in ("throughput at least", "CPU per request at most"):
-            result.targets.append(Target(f"{what}: {bar} {peer}'s", "-", None, "not installed"))
+            result.targets.append(Target(f"{what}: {bar} {who}'s", "-", None, "not installed"))
         return
     r = throughput[ours] / throughput[peer]
-    result.targets.append(Target(f"{what}: throughput at least {peer}'s", f"{r:.2f}x", r >= 1.0))
+    result.targets.append(Target(f"{what}: throughput at least {who}'s", f"{r:.2f}x", r >= 1.0))
     r = cpu[ours] / cpu[peer]
     result.targets.append(
         Target(
-            f"{what}: CPU per request at most {peer}'s",
+            f"{what}: CPU per request at most {who}'s",
             f"{r:.2f}x ({cpu[ours] * 1e6:,.0f} vs {cpu[peer] * 1e6:,.0f} µs)",
             r <= 1.0,
         )
