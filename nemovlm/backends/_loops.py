@@ -3,7 +3,7 @@
 Pooled connections belong to the loop that opened them, so a model used from several
 loops (``asyncio.run`` twice, one loop per test) needs a client each. A client holds
 its loop through its connections, so weak keys alone never let go: the clients of
-loops that have closed are dropped on the next lookup.
+loops that have closed are dropped when the next loop makes its own.
 
 A client given a ``close`` is closed while its loop still runs, when the loop's runner
 shuts it down (``asyncio.run``, ``asyncio.Runner``, pytest-asyncio all call
@@ -77,6 +77,9 @@ class PerLoop(Generic[T]):
     def get(self, make: Callable[[], T]) -> T:
         """The running loop's ``T``, made with ``make`` on first use in that loop."""
         loop = asyncio.get_running_loop()
+        entry = self._items.get(loop)
+        if entry is not None:  # the common case, once per request: nothing else to do
+            return entry[0]
         for done in [old for old in self._items if old.is_closed()]:
             _, closer = self._items.pop(done)
             if closer is not None and getattr(closer, "ag_frame", None) is not None:
@@ -88,11 +91,9 @@ class PerLoop(Generic[T]):
                 with contextlib.suppress(StopIteration, RuntimeError):
                     step.send(None)
                 step.close()
-        entry = self._items.get(loop)
-        if entry is None:
-            item = make()
-            entry = self._items[loop] = (item, self._closer(item))
-        return entry[0]
+        item = make()
+        self._items[loop] = (item, self._closer(item))
+        return item
 
     def _closer(self, item: T) -> AsyncGenerator[None, None] | None:
         """An async generator, started on the running loop, whose ``finally`` closes ``item``.
