@@ -134,6 +134,9 @@ def _merge(
         for table in other.tables:
             table.title = f"{table.title} ({where})"
         mine.tables += other.tables
+        for target in other.targets:
+            if not target.text.startswith("LlamaIndex"):
+                target.text = f"LlamaIndex venv: {target.text}"
         mine.targets += other.targets
         mine.bars += other.bars
         mine.notes += [n for n in other.notes if n not in mine.notes]
