@@ -12,20 +12,6 @@ from nemovlm.emulator import start_nim_emulator
 from nemovlm.emulator.server import RunningServer
 
 
-@pytest.fixture(scope="session", autouse=True)
-def cookbooks_in_the_background(request: pytest.FixtureRequest) -> Iterator[None]:
-    """The cookbooks run as subprocesses (``test_cookbooks.py``), mostly importing: start
-    them with the session, so they use the other core while the rest of the suite runs,
-    instead of the suite waiting for them when it reaches that module."""
-    modules = {getattr(item, "module", None) for item in request.session.items}
-    cookbooks = next((m for m in modules if m and m.__name__.endswith("test_cookbooks")), None)
-    if cookbooks is not None:
-        cookbooks.RUNS.start()
-    yield
-    if cookbooks is not None:
-        cookbooks.RUNS.stop()
-
-
 @pytest.fixture(scope="session")
 def nim_server() -> Iterator[RunningServer]:
     server = start_nim_emulator()

@@ -76,17 +76,12 @@ class _Runs:
                 proc.communicate()
 
 
-RUNS = _Runs()
-"""Started by ``conftest.py`` when the session begins (so the cookbooks run beside the
-rest of the suite), or here when this module runs alone."""
-
-
 @pytest.fixture(scope="module")
 def runs() -> Iterator[_Runs]:
-    if not RUNS.procs:
-        RUNS.start()
-    yield RUNS
-    RUNS.stop()
+    started = _Runs()
+    started.start()
+    yield started
+    started.stop()
 
 
 # --- every cookbook -------------------------------------------------------------------
