@@ -14,5 +14,12 @@ class Config:
     quick: bool = False
     """The smallest run that still produces every table (the smoke test's)."""
 
+    frameworks: tuple[str, ...] = ("langchain", "llama_index")
+    """Which adapters' clients this process measures (the LlamaIndex peers may live in
+    a venv of their own: ``bench.run --llama-index-python``)."""
+
+    def wants(self, framework: str) -> bool:
+        return framework in self.frameworks
+
     def scaled(self, full: int, quick: int) -> int:
         return quick if self.quick else full

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make ``bench`` and the package importable
@@ -20,7 +25,17 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` and the package
 from bench.canned import start_canned_server
 from bench.clients import missing_peers
 from bench.config import Config
-from bench.report import ScenarioResult, Target, plot, render_markdown, summary_table, write_raw
+from bench.report import (
+    Bars,
+    ScenarioResult,
+    Table,
+    Target,
+    plot,
+    render_markdown,
+    summary_table,
+    versions,
+    write_raw,
+)
 
 SCENARIOS = (
     "overhead",
@@ -30,17 +45,25 @@ SCENARIOS = (
     "streaming",
     "import_time",
     "fal_queue",
+    "media_parallel",
 )
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+LLAMA_INDEX_PEERS = ("llama-index-llms-openai-like", "llama-index-llms-nvidia")
+LLAMA_INDEX_SCENARIOS = ("overhead", "concurrency", "streaming", "import_time")
+"""The scenarios with LlamaIndex clients in them."""
 INSTALL_HINT = """\
 The bench compares nemovlm with its peers, and these are not installed: {missing}.
 
-Install the bench extra into a venv of its own (llama-index-llms-openai needs
-openai<3, so keep it apart from a venv with openai 3.x):
+The LangChain peers install with openai 3.x; the LlamaIndex peers
+(llama-index-llms-openai under them) hold openai below 3, so they get a venv of their
+own, which the bench runs for the LlamaIndex rows:
 
     python3 -m venv /tmp/benchvenv
     /tmp/benchvenv/bin/pip install -e '.[all,bench]'
-    /tmp/benchvenv/bin/python -m bench
+    python3 -m venv /tmp/benchvenv-li
+    /tmp/benchvenv-li/bin/pip install -e '.[all,bench-llama-index]'
+    /tmp/benchvenv/bin/python -m bench --llama-index-python /tmp/benchvenv-li/bin/python
 
 or run without them (their rows read "not installed"): python -m bench --allow-missing
 """
@@ -75,6 +98,53 @@ def write_results(results: list[ScenarioResult], out: Path, settings: str) -> li
     return written
 
 
+def _llama_index_part(
+    python: str, names: list[str], rounds: int, quick: bool
+) -> tuple[list[ScenarioResult], dict[str, str]]:
+    """The LlamaIndex rows, measured by ``python`` (the LlamaIndex peers' venv)."""
+    wanted = [n for n in names if n in LLAMA_INDEX_SCENARIOS]
+    if not wanted:
+        return [], {}
+    with tempfile.TemporaryDirectory(prefix="nemovlm-bench-") as tmp:
+        out = Path(tmp) / "llama_index.json"
+        command = [python, "-m", "bench", "--frameworks", "llama_index", "--allow-missing"]
+        command += ["--json-out", str(out), "--rounds", str(rounds), *(["--quick"] * quick)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        print(f"-- LlamaIndex rows in {python} ...", file=sys.stderr, flush=True)
+        subprocess.run([*command, *wanted], cwd=ROOT, env=env, check=True)
+        data = json.loads(out.read_text())
+    results = []
+    for item in data["results"]:
+        item["tables"] = [Table(**t) for t in item["tables"]]
+        item["targets"] = [Target(**t) for t in item["targets"]]
+        item["bars"] = [Bars(**b) for b in item["bars"]]
+        results.append(ScenarioResult(**item))
+    return results, data["versions"]
+
+
+def _merge(
+    results: list[ScenarioResult], others: list[ScenarioResult], where: str
+) -> list[ScenarioResult]:
+    by_key = {r.key: r for r in results}
+    for other in others:
+        mine = by_key.get(other.key)
+        if mine is None:
+            results.append(other)
+            continue
+        for table in other.tables:
+            table.title = f"{table.title} ({where})"
+        mine.tables += other.tables
+        for target in other.targets:
+            if not target.text.startswith("LlamaIndex"):
+                target.text = f"LlamaIndex venv: {target.text}"
+        mine.targets += other.targets
+        mine.bars += other.bars
+        mine.notes += [n for n in other.notes if n not in mine.notes]
+        mine.raw = {"main": mine.raw, "llama_index": other.raw}
+        mine.seconds += other.seconds
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
@@ -87,6 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny run: checks the harness")
     parser.add_argument("--allow-missing", action="store_true", help="run without the peers")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    parser.add_argument(
+        "--llama-index-python",
+        default=os.environ.get("BENCH_LLAMA_INDEX_PYTHON"),
+        help="python of a venv with the LlamaIndex peers (they need openai<3); it measures "
+        "the LlamaIndex rows (default: $BENCH_LLAMA_INDEX_PYTHON)",
+    )
+    parser.add_argument("--frameworks", default="langchain,llama_index", help=argparse.SUPPRESS)
+    parser.add_argument("--json-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     unknown = [name for name in args.scenarios if name not in SCENARIOS]
     if unknown:
@@ -94,18 +172,39 @@ def main(argv: list[str] | None = None) -> int:
             f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}"
         )
     names = list(args.scenarios) or list(SCENARIOS)
+    frameworks = tuple(args.frameworks.split(","))
 
     missing = missing_peers()
+    companion = args.llama_index_python if any(p in missing for p in LLAMA_INDEX_PEERS) else None
+    if companion:
+        frameworks = tuple(f for f in frameworks if f != "llama_index")
+        missing = [p for p in missing if p not in LLAMA_INDEX_PEERS]
     if missing and not args.allow_missing:
         print(INSTALL_HINT.format(missing=", ".join(missing)), file=sys.stderr)
         return 2
 
     started = time.perf_counter()
     with start_canned_server() as canned_url:
-        config = Config(canned_url=canned_url, rounds=args.rounds, quick=args.quick)
+        config = Config(
+            canned_url=canned_url, rounds=args.rounds, quick=args.quick, frameworks=frameworks
+        )
         results = run_scenarios(config, names)
+    if args.json_out:  # the LlamaIndex part of another process's run
+        data = {"results": [asdict(r) for r in results], "versions": versions()}
+        args.json_out.write_text(json.dumps(data, default=str))
+        return 0
+    settings = f"rounds={args.rounds}{', quick' if args.quick else ''}"
+    if companion:
+        others, their_versions = _llama_index_part(companion, names, args.rounds, args.quick)
+        where = f"LlamaIndex venv: openai {their_versions.get('openai', '?')}"
+        results = _merge(results, others, where)
+        settings += (
+            "; LlamaIndex rows from the LlamaIndex peers' venv ("
+            + ", ".join(f"{k} {v}" for k, v in their_versions.items() if v != "not installed")
+            + ")"
+        )
     elapsed = time.perf_counter() - started
-    settings = f"rounds={args.rounds}{', quick' if args.quick else ''}, {elapsed:.0f} s in all"
+    settings += f"; {elapsed:.0f} s in all"
     if missing:
         settings += f"; not installed: {', '.join(missing)}"
     written = write_results(results, args.out, settings)

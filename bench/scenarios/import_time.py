@@ -56,7 +56,8 @@ def _import_seconds(module: str) -> float | None:
 def run(config: Config) -> ScenarioResult:
     started = time.perf_counter()
     repeats = config.scaled(max(5, config.rounds), 1)
-    modules = [m for g in GROUPS for m in (g[1], g[2], *g[3], g[4])]
+    groups = [g for g in GROUPS if config.wants(g[0].lower().replace("llamaindex", "llama_index"))]
+    modules = [m for g in groups for m in (g[1], g[2], *g[3], g[4])]
     samples: dict[str, list[float]] = {m: [] for m in modules}
     missing: set[str] = set()
     rng = random.Random(6)
@@ -72,7 +73,7 @@ def run(config: Config) -> ScenarioResult:
     medians = {m: statistics.median(v) for m, v in samples.items() if v and m not in missing}
 
     result = ScenarioResult("import_time", "6. Import time")
-    for framework, ours, peer, others, floor in GROUPS:
+    for framework, ours, peer, others, floor in groups:
         rows = []
         for module in (floor, ours, peer, *others):
             if module not in medians:

@@ -29,12 +29,14 @@ def run(config: Config) -> ScenarioResult:
     li_input = c.llama_index_input(image)
     calls: dict[str, Callable[[], object]] = {c.RAW: c.raw_call(base_url, c.openai_messages(image))}
     kinds = {c.RAW: "floor"}
-    for name, entry in c.langchain_models(base_url).items():
-        calls[name] = _bind(entry.model.invoke, lc_input)
-        kinds[name] = entry.kind
-    for name, entry in c.llama_index_models(base_url).items():
-        calls[name] = _bind(entry.model.chat, li_input)
-        kinds[name] = entry.kind
+    if config.wants("langchain"):
+        for name, entry in c.langchain_models(base_url).items():
+            calls[name] = _bind(entry.model.invoke, lc_input)
+            kinds[name] = entry.kind
+    if config.wants("llama_index"):
+        for name, entry in c.llama_index_models(base_url).items():
+            calls[name] = _bind(entry.model.chat, li_input)
+            kinds[name] = entry.kind
 
     times = interleave(
         calls,
@@ -51,6 +53,8 @@ def run(config: Config) -> ScenarioResult:
         ("LangChain", c.LC_OURS, c.LC_MINIMAL, (c.LC_OPENAI, c.LC_NVIDIA)),
         ("LlamaIndex", c.LI_OURS, c.LI_MINIMAL, (c.LI_OPENAI_LIKE, c.LI_NVIDIA)),
     ):
+        if ours not in medians:  # measured in another process (bench.run)
+            continue
         names = [c.RAW, minimal, ours, *peers]
         rows = []
         for name in names:

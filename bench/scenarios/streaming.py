@@ -36,7 +36,8 @@ def run(config: Config) -> ScenarioResult:
     started = time.perf_counter()
     result = ScenarioResult("streaming", "5. Streaming")
     _per_chunk(config, result)
-    _linear_parse(config, result)
+    if config.wants("langchain"):  # framework-neutral: once, in the main process
+        _linear_parse(config, result)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -53,12 +54,14 @@ def _per_chunk(config: Config, result: ScenarioResult) -> None:
     for n in (SHORT, long):
         base_url = f"{config.canned_url}/n{n}/v1"
         calls[f"{c.RAW}|{n}"] = _raw_stream(base_url, c.openai_messages(image))
-        for name, entry in c.langchain_models(base_url).items():
-            calls[f"{name}|{n}"] = _drain(entry.model.stream, lc_input)
-            kinds[name] = entry.kind
-        for name, entry in c.llama_index_models(base_url).items():
-            calls[f"{name}|{n}"] = _drain(entry.model.stream_chat, li_input)
-            kinds[name] = entry.kind
+        if config.wants("langchain"):
+            for name, entry in c.langchain_models(base_url).items():
+                calls[f"{name}|{n}"] = _drain(entry.model.stream, lc_input)
+                kinds[name] = entry.kind
+        if config.wants("llama_index"):
+            for name, entry in c.llama_index_models(base_url).items():
+                calls[f"{name}|{n}"] = _drain(entry.model.stream_chat, li_input)
+                kinds[name] = entry.kind
     times = interleave(
         calls, rounds=config.rounds, per_round=config.scaled(8, 1), warmup=config.scaled(3, 1)
     )
@@ -72,6 +75,8 @@ def _per_chunk(config: Config, result: ScenarioResult) -> None:
         ("LangChain", c.LC_OURS, (c.LC_MINIMAL, c.LC_OPENAI, c.LC_NVIDIA)),
         ("LlamaIndex", c.LI_OURS, (c.LI_MINIMAL, c.LI_OPENAI_LIKE, c.LI_NVIDIA)),
     ):
+        if ours not in per_chunk:  # measured in another process (bench.run)
+            continue
         names = [c.RAW, ours, *peers]
         rows = []
         for name in names:
@@ -109,7 +114,9 @@ def _per_chunk(config: Config, result: ScenarioResult) -> None:
             )
         )
     peer = c.LC_OPENAI
-    if peer in per_chunk:
+    if not config.wants("langchain"):
+        pass
+    elif peer in per_chunk:
         r = per_chunk[c.LC_OURS] / per_chunk[peer]
         result.targets.append(
             Target("Per-chunk overhead at most ChatOpenAI's", f"{r:.2f}x", r <= 1.0)

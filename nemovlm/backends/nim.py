@@ -34,7 +34,7 @@ import httpx
 from pydantic import SecretStr
 from typing_extensions import assert_never
 
-from nemovlm.backends._loops import PerLoop
+from nemovlm.backends._loops import PerLoop, aclose, default_async_http_client, unreachable
 from nemovlm.backends.assets import ahosted_call, hosted_call
 from nemovlm.errors import (
     IncompleteResponseError,
@@ -140,7 +140,9 @@ class NIMBackend:
     hosted: HostedSettings | None = None
     """NVIDIA's hosted catalog rules and NVCF assets (``nemovlm.hosted``); ``None``: off."""
     _client: openai.OpenAI | None = field(default=None, init=False, repr=False)
-    _aclients: PerLoop[openai.AsyncOpenAI] = field(default_factory=PerLoop, init=False, repr=False)
+    _aclients: PerLoop[openai.AsyncOpenAI] = field(
+        default_factory=lambda: PerLoop(close=aclose), init=False, repr=False
+    )
     _aclient_own: openai.AsyncOpenAI | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -216,11 +218,11 @@ class NIMBackend:
                     **self._client_kwargs(), http_client=self.async_http_client
                 )
             return self._aclient_own
-        # The SDK's default wrapper would try to close a dropped client on the
-        # *current* loop; its plain default client just lets go.
+        # Not the SDK's own default (httpx): aiohttp, for CPU per request at many in
+        # flight (``default_async_http_client``); closed with its loop (``PerLoop``).
         return self._aclients.get(
             lambda: openai.AsyncOpenAI(
-                **self._client_kwargs(), http_client=openai.DefaultAsyncHttpxClient()
+                **self._client_kwargs(), http_client=default_async_http_client()
             )
         )
 
@@ -776,6 +778,12 @@ def _converted(model: str, timeout: float | None, stream: _StreamProgress | None
     try:
         yield
     except openai.APITimeoutError as exc:
+        if (cause := unreachable(exc)) is not None:
+            raise RequestError(
+                f"Could not reach the server ({type(cause).__name__}: {cause}): check "
+                "base_url and that the server is up.",
+                model=model,
+            ) from exc
         raise RequestTimeoutError(
             f"{model} did not answer within timeout={timeout} s: raise the model's `timeout` "
             "setting, or check the server."

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
+import functools
+import os
 import threading
 from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
@@ -34,7 +37,7 @@ class _Call:
             future.cancel()
 
 
-# asyncio.to_thread copies the context, so the worker thread sees the call it serves.
+# run_off_loop copies the context, so the worker thread sees the call it serves.
 _CALL: ContextVar[_Call | None] = ContextVar("nemovlm_media_call", default=None)
 
 
@@ -44,12 +47,24 @@ async def run_off_loop(fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
     call = _Call(asyncio.get_running_loop())
     token = _CALL.set(call)
     try:
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        # Copy the context, as asyncio.to_thread does: the worker sees the call it serves.
+        work = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        return await call.loop.run_in_executor(_media_executor(), work)
     except asyncio.CancelledError:
         call.cancel()
         raise
     finally:
         _CALL.reset(token)
+
+
+@functools.cache
+def _media_executor() -> concurrent.futures.ThreadPoolExecutor:
+    """Threads of their own for media work (Pillow releases the GIL while it decodes,
+    resizes and encodes, so photos are prepared on every core), sized as the standard
+    library sizes the loop's default executor. Not that executor: aiohttp resolves host
+    names on it, so 32 photos queued there would hold up every new connection."""
+    workers = min(32, (os.cpu_count() or 1) + 4)
+    return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="nemovlm-media")
 
 
 def check_cancelled() -> None:
