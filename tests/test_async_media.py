@@ -44,7 +44,7 @@ async def test_a_url_fetched_for_an_async_call_is_fetched_off_the_event_loop(
         get_profile(NANO12),
         base_url=nim_url,
         max_retries=0,
-        policy=MediaPolicy(remote_timeout=10),
+        policy=MediaPolicy(remote_timeout=10, allowed_hosts=("127.0.0.1",)),
     )
     turns = [
         Turn(
