@@ -7,9 +7,15 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import settings
 
 from nemovlm.emulator import start_nim_emulator
 from nemovlm.emulator.server import RunningServer
+
+# Property tests run the same examples every time: CI must be green on every run, and a
+# fresh clone has no example database to replay a failure from.
+settings.register_profile("nemovlm", derandomize=True, database=None)
+settings.load_profile("nemovlm")
 
 
 @pytest.fixture(scope="session")

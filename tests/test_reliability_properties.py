@@ -31,7 +31,7 @@ from nemovlm.backends.nim import (
     _process_completion,
     _StreamProgress,
 )
-from nemovlm.errors import IncompleteResponseError, UnsupportedInputError
+from nemovlm.errors import IncompleteResponseError, RequestError, UnsupportedInputError
 from nemovlm.media import MediaPolicy, media_from_string, prepare_media
 from nemovlm.messages import (
     Delta,
@@ -469,11 +469,15 @@ def test_a_stream_chunk_of_any_shape_is_mapped_or_refused_as_incomplete(chunk: A
 @settings(max_examples=300, deadline=None)
 @given(_completion_like | _json)
 def test_a_completion_of_any_shape_is_mapped_or_refused_as_incomplete(completion: Any) -> None:
+    """A 200 body carrying an error object (as some proxies send) is the server's error;
+    any other shape is taken or refused as incomplete."""
     processor = ReplyProcessor(tools=TOOLS)
     try:
         whole_reply(_process_completion(completion, "m"), processor)
     except IncompleteResponseError:
         pass
+    except RequestError:
+        assert isinstance(completion, dict) and completion.get("error")
 
 
 _fal_result_like = st.fixed_dictionaries(
