@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 
 from langchain_nemovlm._convert import map_messages as _map_langchain_messages
-from nemovlm.backends.fal import _process_result
+from nemovlm.backends.fal import process_result
 from nemovlm.backends.nim import (
     StreamProgress,
     map_messages,
@@ -497,7 +497,7 @@ def test_a_fal_result_of_any_shape_is_mapped_or_refused_as_incomplete(
     result: Any, profile: Any
 ) -> None:
     try:
-        whole_reply(_process_result(result, profile, "req-1", {}), ReplyProcessor())
+        whole_reply(process_result(result, profile, "req-1", {}), ReplyProcessor())
     except IncompleteResponseError:
         pass
 
