@@ -22,7 +22,7 @@ from typing_extensions import assert_never
 
 from nemovlm.backends.fal_arguments import Upload
 from nemovlm.errors import RateLimitError, RequestError, RequestTimeoutError, openai_classes
-from nemovlm.secrets import scrub_exception
+from nemovlm.secrets import scrubbing
 
 # The backend's documented logger (``nemovlm.backends.fal``), wherever the code lives.
 logger = logging.getLogger("nemovlm.backends.fal")
@@ -241,12 +241,8 @@ def converted_errors(
 ) -> Iterator[None]:
     """fal-client and transport errors -> ``nemovlm.errors``, keeping status, id, message,
     with the key taken out (a server may echo it)."""
-    try:
-        with _converted(model, timeout, tracker):
-            yield
-    except BaseException as exc:
-        scrub_exception(exc, secrets)
-        raise
+    with scrubbing(secrets), _converted(model, timeout, tracker):
+        yield
 
 
 @contextmanager

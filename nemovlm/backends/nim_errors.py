@@ -18,7 +18,7 @@ from nemovlm.errors import (
     http_errors,
     openai_classes,
 )
-from nemovlm.secrets import scrub_exception
+from nemovlm.secrets import scrubbing
 
 if TYPE_CHECKING:
     import openai
@@ -38,12 +38,8 @@ def converted_errors(
 ) -> Iterator[None]:
     """SDK and transport errors -> ``nemovlm.errors``, keeping status, id and message,
     with every credential the backend holds taken out (a server may echo the key)."""
-    try:
-        with _converted(model, timeout, stream):
-            yield
-    except BaseException as exc:
-        scrub_exception(exc, secrets)
-        raise
+    with scrubbing(secrets), _converted(model, timeout, stream):
+        yield
 
 
 @contextmanager
