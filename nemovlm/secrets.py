@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
@@ -276,6 +277,17 @@ def scrub_exception(error: BaseException, secrets: tuple[str, ...]) -> None:
         current = current.__cause__ or current.__context__
 
 
+@contextmanager
+def scrubbing(secrets: tuple[str, ...]) -> Iterator[None]:
+    """Whatever leaves this block, error or not, leaves without ``secrets``
+    (``scrub_exception``): the one wrapper round each backend's error converter."""
+    try:
+        yield
+    except BaseException as exc:
+        scrub_exception(exc, secrets)
+        raise
+
+
 __all__ = [
     "REDACTED",
     "AssetsURL",
@@ -291,6 +303,7 @@ __all__ = [
     "redact_text",
     "redact_url",
     "scrub_exception",
+    "scrubbing",
     "secret_values",
     "url_secrets",
 ]

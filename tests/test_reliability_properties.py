@@ -24,12 +24,12 @@ from hypothesis import strategies as st
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 
 from langchain_nemovlm._convert import map_messages as _map_langchain_messages
-from nemovlm.backends.fal import _process_result
+from nemovlm.backends.fal import process_result
 from nemovlm.backends.nim import (
-    _map_messages,
-    _process_chunk,
-    _process_completion,
-    _StreamProgress,
+    StreamProgress,
+    map_messages,
+    process_chunk,
+    process_completion,
 )
 from nemovlm.errors import IncompleteResponseError, RequestError, UnsupportedInputError
 from nemovlm.media import MediaPolicy, media_from_string, prepare_media
@@ -242,11 +242,11 @@ def test_the_nim_chunk_mapper_and_the_completion_mapper_agree(
     assume(expect_reasoning or not lone_closing_tag(content or ""))
     completion = _completion(content, reasoning, calls)
     whole_processor = ReplyProcessor(tools=TOOLS, expect_reasoning=expect_reasoning)
-    whole = whole_reply(_process_completion(completion, "m"), whole_processor)
+    whole = whole_reply(process_completion(completion, "m"), whole_processor)
 
     processor = ReplyProcessor(tools=TOOLS, expect_reasoning=expect_reasoning)
-    state = _StreamProgress()
-    deltas = [state.feed(_process_chunk(c, "m"), processor) for c in _chunks(completion, size)]
+    state = StreamProgress()
+    deltas = [state.feed(process_chunk(c, "m"), processor) for c in _chunks(completion, size)]
     streamed = assemble_reply([*deltas, state.finish(processor, "m")])
 
     assert essence(streamed) == essence(whole)
@@ -333,7 +333,7 @@ def parse_openai_messages(messages: list[dict[str, Any]]) -> list[Turn]:
 
 def through_the_core(turns: list[Turn]) -> list[Turn]:
     prepared = prepare(turns, RequestOptions(), GENERIC)
-    wire = json.loads(json.dumps(_map_messages(prepared.turns, RequestOptions())))
+    wire = json.loads(json.dumps(map_messages(prepared.turns, RequestOptions())))
     return parse_openai_messages(wire)
 
 
@@ -461,7 +461,7 @@ def test_a_stream_chunk_of_any_shape_is_mapped_or_refused_as_incomplete(chunk: A
     take it or raise ``IncompleteResponseError``: never ``KeyError``/``TypeError``."""
     processor = ReplyProcessor(tools=TOOLS)
     try:
-        assemble_reply([processor.feed(_process_chunk(chunk, "m")), processor.finish()])
+        assemble_reply([processor.feed(process_chunk(chunk, "m")), processor.finish()])
     except IncompleteResponseError:
         pass
 
@@ -473,7 +473,7 @@ def test_a_completion_of_any_shape_is_mapped_or_refused_as_incomplete(completion
     any other shape is taken or refused as incomplete."""
     processor = ReplyProcessor(tools=TOOLS)
     try:
-        whole_reply(_process_completion(completion, "m"), processor)
+        whole_reply(process_completion(completion, "m"), processor)
     except IncompleteResponseError:
         pass
     except RequestError:
@@ -501,7 +501,7 @@ def test_a_fal_result_of_any_shape_is_mapped_or_refused_as_incomplete(
     result: Any, profile: Any
 ) -> None:
     try:
-        whole_reply(_process_result(result, profile, "req-1", {}), ReplyProcessor())
+        whole_reply(process_result(result, profile, "req-1", {}), ReplyProcessor())
     except IncompleteResponseError:
         pass
 
