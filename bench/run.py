@@ -46,6 +46,7 @@ SCENARIOS = (
     "import_time",
     "fal_queue",
     "media_parallel",
+    "hosted_assets",
 )
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent

@@ -576,6 +576,18 @@ def test_the_emulator_refuses_an_asset_created_but_not_uploaded(catalog: Catalog
     delete_by_hand(catalog, created["assetId"])
 
 
+def test_the_emulator_takes_an_asset_latency_from_0_to_60_seconds(catalog: Catalog) -> None:
+    import httpx
+
+    hook = f"{catalog.url}/emulator/assets/latency"
+    refused = httpx.post(hook, json={"seconds": -1})
+    taken = httpx.post(hook, json={"seconds": 0})
+
+    assert refused.status_code == 400
+    assert "'seconds' must be a number from 0 to 60" in refused.json()["detail"]
+    assert taken.json() == {"latency": 0.0}
+
+
 def test_the_emulators_presigned_url_refuses_an_api_key(catalog: Catalog) -> None:
     import httpx
 

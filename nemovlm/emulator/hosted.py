@@ -26,6 +26,9 @@ Test hooks (``/emulator/...``, never on the real catalog):
                                     are in flight at once (10 s at most); ``GET
                                     /emulator/assets/stats`` says the most there were
                                     (``?wait_uploading=N``: once N are in flight)
+  ``POST /emulator/assets/latency`` ``{"seconds": S}``: every create, presigned PUT and
+                                    delete takes S seconds more (the asset API's round
+                                    trip, for ``bench/scenarios/hosted_assets.py``)
   ``POST /emulator/hold``           the next chat request waits until released
   ``GET /emulator/hold``            ``?timeout=S``: answers once a chat request is held
   ``DELETE /emulator/hold``         releases every held request
@@ -120,6 +123,8 @@ class HostedState:
     uploading: int = 0
     most_uploading: int = 0
     """The most presigned PUTs ever in flight at once."""
+    latency: float = 0.0
+    """Seconds added to every asset create, PUT and delete (``/emulator/assets/latency``)."""
 
     def now(self) -> float:
         return time.time() + self.clock_offset
@@ -201,6 +206,7 @@ def _bearer(request: Request) -> bool:
 async def _create_asset(request: Request) -> Response:
     state = _state(request)
     _record(request)
+    await asyncio.sleep(state.latency)
     if not _bearer(request):
         return _error(401, "Authorization: Bearer <NVIDIA API key> is required.")
     status = state.fault("create")
@@ -277,6 +283,7 @@ async def _put_asset(request: Request) -> Response:
     state.uploading += 1
     state.most_uploading = max(state.most_uploading, state.uploading)
     try:
+        await asyncio.sleep(state.latency)
         if state.barrier:
             # Waits until that many uploads are in flight at once (or 10 s pass).
             await state.notify()
@@ -297,6 +304,7 @@ async def _put_asset(request: Request) -> Response:
 async def _delete_asset(request: Request) -> Response:
     state = _state(request)
     _record(request)
+    await asyncio.sleep(state.latency)
     if not _bearer(request):
         return _error(401, "Authorization: Bearer <NVIDIA API key> is required.")
     status = state.fault("delete")
@@ -353,6 +361,15 @@ async def _set_barrier(request: Request) -> Response:
     state.most_uploading = 0
     await state.notify()  # uploads waiting for an earlier barrier re-check this one
     return JSONResponse({"barrier": state.barrier})
+
+
+async def _set_latency(request: Request) -> Response:
+    body = await request.json()
+    seconds = body.get("seconds") if isinstance(body, dict) else None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 60:
+        return _error(400, "'seconds' must be a number from 0 to 60.")
+    _state(request).latency = float(seconds)
+    return JSONResponse({"latency": float(seconds)})
 
 
 async def _advance_clock(request: Request) -> Response:
@@ -419,6 +436,7 @@ def hosted_routes() -> list[Route]:
         Route("/emulator/assets/fail", _fail_next, methods=["POST"]),
         Route("/emulator/assets/barrier", _set_barrier, methods=["POST"]),
         Route("/emulator/assets/stats", _upload_stats, methods=["GET"]),
+        Route("/emulator/assets/latency", _set_latency, methods=["POST"]),
         Route("/emulator/clock", _advance_clock, methods=["POST"]),
         Route("/emulator/hold", _arm_hold, methods=["POST"]),
         Route("/emulator/hold", _wait_held, methods=["GET"]),
