@@ -139,6 +139,9 @@ class NemoVLMPredictor:
     def __del__(self) -> None:
         loop = getattr(self, "_loop", None)
         if loop is not None and not loop.is_closed() and not loop.is_running():
+            # As asyncio.run ends a loop: the backend's per-loop clients (their aiohttp
+            # sessions) close on shutdown_asyncgens.
+            loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
 

@@ -751,6 +751,44 @@ async def test_cancelling_a_llama_index_fal_call_cancels_the_queued_request(
     assert record.cancelled
 
 
+class _StopWaiting(Exception):
+    """What a user's queue-update callback raised."""
+
+
+def _stop_at_first_update(update: Any) -> None:
+    raise _StopWaiting(f"stopped at {update.status}")
+
+
+def test_a_fal_call_that_fails_while_queued_cancels_the_queued_request(
+    fal_emu: FalEmulator,
+) -> None:
+    fal_emu.inject_fault("slow")  # stays in progress until cancelled
+    llm = NemoFal(
+        model=DIFFUSION, api_key="emulator-key", poll_interval=0.01,
+        on_queue_update=_stop_at_first_update,
+    )  # fmt: skip
+    message = ChatMessage(role="user", blocks=[ImageBlock(image=make_image()), TextBlock(text="?")])
+    with pytest.raises(_StopWaiting):
+        llm.chat([message])
+    [record] = fal_emu.state.requests.values()
+    assert record.cancelled
+
+
+async def test_an_async_fal_call_that_fails_while_queued_cancels_the_queued_request(
+    fal_emu: FalEmulator,
+) -> None:
+    fal_emu.inject_fault("slow")
+    llm = NemoFal(
+        model=DIFFUSION, api_key="emulator-key", poll_interval=0.01,
+        on_queue_update=_stop_at_first_update,
+    )  # fmt: skip
+    message = ChatMessage(role="user", blocks=[ImageBlock(image=make_image()), TextBlock(text="?")])
+    with pytest.raises(_StopWaiting):
+        await llm.achat([message])
+    [record] = fal_emu.state.requests.values()
+    assert record.cancelled
+
+
 def test_a_broken_tool_call_from_fal_is_an_invalid_tool_call(fal_emu: FalEmulator) -> None:
     fal_emu.inject_fault("bad_json")
     message = fal().bind_tools([get_weather]).invoke(with_image("Weather in Paris?"))

@@ -223,8 +223,9 @@ class FalBackend:
                     on_queue_update=tracker.on_update,
                     client_timeout=self.timeout,
                 )
-            except KeyboardInterrupt:
-                # The caller stopped waiting: the queued request would run (and cost) on.
+            except BaseException:
+                # The caller stopped waiting (Ctrl-C), a queue-update callback raised, or
+                # polling failed: the queued request would run (and cost) on.
                 if (request_id := tracker.abandon()) is not None:
                     cancel_quietly(cancel, request_id, model)
                 raise

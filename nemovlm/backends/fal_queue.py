@@ -172,9 +172,10 @@ async def asubscribe(
         raise fal_client.FalClientTimeoutError(
             timeout=timeout or 0.0, request_id=request_id
         ) from exc
-    except asyncio.CancelledError:
-        # The awaiting task was cancelled (or the stream it fed was closed): cancel the
-        # queued request too, or it runs (and costs) on.
+    except BaseException:
+        # The awaiting task was cancelled (or the stream it fed was closed), a
+        # queue-update callback raised, or polling failed: cancel the queued request
+        # too, or it runs (and costs) on.
         tracker.abandon()
         await _acancel_submitted(submitting, client, model)
         raise
