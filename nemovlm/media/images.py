@@ -69,16 +69,8 @@ def prepare_image(
     if part.url is not None:
         scheme = scheme_of(part.url)
         if scheme in ("http", "https"):
-            url_format = format_from_url(part.url)
             if not needs_fetch(part, profile):
-                return PreparedMedia(
-                    kind="image",
-                    url=part.url,
-                    data=None,
-                    path=None,
-                    mime_type=MIME_TYPES.get(url_format) if url_format else None,
-                    format=url_format,
-                )
+                return PreparedMedia.passed_through("image", part.url)
             # The extension says the model cannot take it: fetch, sniff and convert.
             fetched = fetch_remote(part.url, policy, part)
             return IMAGE_CACHE.get_or_make(

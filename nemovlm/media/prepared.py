@@ -10,6 +10,7 @@ from pathlib import Path
 from typing_extensions import assert_never
 
 from nemovlm.errors import UnsupportedInputError
+from nemovlm.media.formats import MIME_TYPES, format_from_url
 from nemovlm.media.mp4 import VideoInfo
 from nemovlm.media.sources import to_data_url
 from nemovlm.messages import MediaKind, MediaPart
@@ -33,6 +34,13 @@ class PreparedMedia:
     width: int | None = None
     height: int | None = None
     video: VideoInfo | None = None
+
+    @classmethod
+    def passed_through(cls, kind: MediaKind, url: str) -> PreparedMedia:
+        """An http(s) URL the server fetches itself, typed from its extension."""
+        url_format = format_from_url(url)
+        mime_type = MIME_TYPES.get(url_format) if url_format else None
+        return cls(kind, url, None, None, mime_type, url_format)
 
     def as_url(self) -> str:
         """The http(s) URL, else a base64 ``data:`` URL of the bytes or the file."""

@@ -43,14 +43,7 @@ def prepare_video(part: MediaPart, profile: ModelProfile, policy: MediaPolicy) -
             if formats is not None and url_format in VIDEO_FORMATS and url_format not in formats:
                 # Video is never converted client-side, so a known mismatch fails now.
                 raise _refuse_video_format(part, profile, url_format, formats)
-            return PreparedMedia(
-                kind="video",
-                url=part.url,
-                data=None,
-                path=None,
-                mime_type=MIME_TYPES.get(url_format) if url_format else None,
-                format=url_format,
-            )
+            return PreparedMedia.passed_through("video", part.url)
         if scheme != "data":
             raise refuse_url_scheme(part)
         # base64 is 4/3 of the bytes: refuse an oversized URL before decoding it.
