@@ -203,15 +203,24 @@ def _bearer(request: Request) -> bool:
 # --- the NVCF asset API -----------------------------------------------------------------
 
 
-async def _create_asset(request: Request) -> Response:
+async def _refusal(request: Request, step: str, doing: str) -> Response | None:
+    """What the asset API's create and delete routes check first, in the catalog's
+    order: the simulated latency, the key, then an injected failure for ``step``."""
     state = _state(request)
     _record(request)
     await asyncio.sleep(state.latency)
     if not _bearer(request):
         return _error(401, "Authorization: Bearer <NVIDIA API key> is required.")
-    status = state.fault("create")
+    status = state.fault(step)
     if status is not None:
-        return _error(status, f"Emulated failure creating the asset{_echo(request, status)}.")
+        return _error(status, f"Emulated failure {doing} the asset{_echo(request, status)}.")
+    return None
+
+
+async def _create_asset(request: Request) -> Response:
+    if (refused := await _refusal(request, "create", "creating")) is not None:
+        return refused
+    state = _state(request)
     try:
         body = await request.json()
     except ValueError:
@@ -302,14 +311,9 @@ async def _put_asset(request: Request) -> Response:
 
 
 async def _delete_asset(request: Request) -> Response:
+    if (refused := await _refusal(request, "delete", "deleting")) is not None:
+        return refused
     state = _state(request)
-    _record(request)
-    await asyncio.sleep(state.latency)
-    if not _bearer(request):
-        return _error(401, "Authorization: Bearer <NVIDIA API key> is required.")
-    status = state.fault("delete")
-    if status is not None:
-        return _error(status, f"Emulated failure deleting the asset{_echo(request, status)}.")
     asset = state.live().pop(request.path_params["asset_id"], None)
     if asset is None:
         return _error(404, "No such asset.")
