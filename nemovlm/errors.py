@@ -105,6 +105,14 @@ _STATUS_CLASSES = {
 }
 
 
+def openai_status_class(status: int) -> Any:
+    """The ``openai`` SDK's exception class for an HTTP status, as the SDK picks it."""
+    import openai
+
+    name = _STATUS_CLASSES.get(status, "InternalServerError" if status >= 500 else "")
+    return getattr(openai, name) if name else openai.APIStatusError
+
+
 def openai_twin(error: _E, source: BaseException | None = None) -> _E:
     """``error``, as an instance of a class that is both ``type(error)`` and the
     ``openai`` SDK's class for the same failure.
@@ -130,8 +138,7 @@ def openai_twin(error: _E, source: BaseException | None = None) -> _E:
         if status is None:
             sdk = openai.APIConnectionError
         else:
-            name = _STATUS_CLASSES.get(status, "InternalServerError" if status >= 500 else "")
-            sdk = getattr(openai, name) if name else openai.APIStatusError
+            sdk = openai_status_class(status)
             response = getattr(source, "response", None)
             fields.update(response=response, request=_request_of(response))
     else:

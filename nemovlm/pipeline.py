@@ -174,7 +174,9 @@ async def aprepare(
     prepared in a worker thread (``nemovlm.media.run_off_loop``), so one large photo or
     slow host does not stall the event loop; cancelling the call stops that work where
     it can."""
-    if any(needs_work(p, profile) for t in turns for p in t.parts if isinstance(p, MediaPart)):
+    checked = policy or MediaPolicy()
+    media = (p for t in turns for p in t.parts if isinstance(p, MediaPart))
+    if any(needs_work(p, profile, checked) for p in media):
         return await run_off_loop(prepare, turns, options, profile, policy, stream=stream)
     return prepare(turns, options, profile, policy, stream=stream)
 

@@ -25,12 +25,13 @@ to pass the credential again.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Annotated, Any
-from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 from pydantic import AfterValidator, BeforeValidator, PlainSerializer
 
@@ -123,7 +124,8 @@ credential."""
 
 
 def url_secrets(url: str | None) -> list[str]:
-    """The credentials in ``url``: its password and query values named like secrets."""
+    """The credentials in ``url``: its password (also as the Basic auth token an HTTP
+    client makes of it, which a server may echo) and query values named like secrets."""
     if not url:
         return []
     try:
@@ -132,6 +134,9 @@ def url_secrets(url: str | None) -> list[str]:
     except ValueError:
         return []
     found = [password] if password else []
+    if password:
+        pair = f"{unquote(parts.username or '')}:{unquote(password)}"
+        found.append(base64.b64encode(pair.encode()).decode())
     found += [v for k, v in parse_qsl(parts.query) if v and is_secret_name(k)]
     return found
 
@@ -247,6 +252,8 @@ def _scrubbed(value: Any, secrets: tuple[str, ...], depth: int = 0) -> Any:
         return value
     if isinstance(value, dict):
         return {k: _scrubbed(v, secrets, depth + 1) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_make"):  # a named tuple
+        return value._make(_scrubbed(v, secrets, depth + 1) for v in value)
     if isinstance(value, (list, tuple)):
         return type(value)(_scrubbed(v, secrets, depth + 1) for v in value)
     url = getattr(value, "url", None)

@@ -1,6 +1,7 @@
-"""The async client's transport (issue 14): aiohttp under the ``openai`` SDK by default,
-with the SDK's retries, timeouts and errors unchanged, a user's own client honoured,
-and the client closed with its event loop.
+"""The async transport (issue 14): non-streamed calls on the package's own aiohttp
+session (``nemovlm.backends.nim_http``), streams through the ``openai`` SDK on aiohttp;
+the SDK's retries, timeouts and errors either way (a sync call, which the SDK sends, is
+the reference), a user's own client honoured, and each loop's clients closed with it.
 
 Faults come from the NIM emulator over real HTTP (``X-Emulator-Fault`` headers).
 """
@@ -12,6 +13,7 @@ import gc
 import logging
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -28,23 +30,111 @@ NANO12 = "nvidia/nemotron-nano-12b-v2-vl"
 
 
 def faulty(url: str, fault: str, *, times: int | None = None, retry_after: float = 0.01,
-           **kwargs: Any) -> ChatNemoVLM:  # fmt: skip
+           should_retry: str | None = None, **kwargs: Any) -> ChatNemoVLM:  # fmt: skip
     headers = {
         "X-Emulator-Fault": fault,
         "X-Emulator-Fault-Key": uuid.uuid4().hex,
         "X-Emulator-Retry-After": str(retry_after),
     }
+    if should_retry is not None:
+        headers["X-Emulator-Should-Retry"] = should_retry
     if times is not None:
         headers["X-Emulator-Fault-Times"] = str(times)
     kwargs.setdefault("max_retries", 0)
     return ChatNemoVLM(model=NANO12, base_url=url, default_headers=headers, **kwargs)
 
 
-async def test_the_default_async_client_sends_over_aiohttp(nim_url: str) -> None:
+def _outcome(call: Callable[[], Any]) -> tuple[Any, ...]:
+    """What a call came to: its text, or its error's classes, status and server message."""
+    try:
+        return ("answered", call().text)
+    except RequestError as exc:
+        classes = [c.__name__ for c in type(exc).__mro__]
+        return ("raised", classes, exc.status_code, exc.server_message)
+
+
+async def _aoutcome(call: Callable[[], Awaitable[Any]]) -> tuple[Any, ...]:
+    try:
+        return ("answered", (await call()).text)
+    except RequestError as exc:
+        classes = [c.__name__ for c in type(exc).__mro__]
+        return ("raised", classes, exc.status_code, exc.server_message)
+
+
+STATUS_FAULTS = ["400", "401", "403", "404", "409", "422", "429", "500", "503"]
+
+
+@pytest.mark.parametrize("fault", STATUS_FAULTS)
+async def test_an_async_call_retries_a_status_exactly_when_the_sdk_does(
+    nim_url: str, fault: str
+) -> None:
+    # One fault, one retry allowed: a status the SDK retries is answered the second
+    # time; one it does not retry raises, as the same error class and message.
+    sync = await asyncio.to_thread(
+        _outcome, lambda: faulty(nim_url, fault, times=1, max_retries=1).invoke("again")
+    )
+    ours = await _aoutcome(lambda: faulty(nim_url, fault, times=1, max_retries=1).ainvoke("again"))
+    assert ours == sync
+    assert ours[0] == ("answered" if fault in ("409", "429", "500", "503") else "raised")
+
+
+@pytest.mark.parametrize(("fault", "verdict"), [("400", "true"), ("503", "false")])
+async def test_an_async_call_obeys_the_servers_x_should_retry_as_the_sdk_does(
+    nim_url: str, fault: str, verdict: str
+) -> None:
+    def model() -> ChatNemoVLM:
+        return faulty(nim_url, fault, times=1, max_retries=1, should_retry=verdict)
+
+    sync = await asyncio.to_thread(_outcome, lambda: model().invoke("told"))
+    ours = await _aoutcome(lambda: model().ainvoke("told"))
+    assert ours == sync
+    assert ours[0] == ("answered" if verdict == "true" else "raised")
+
+
+async def test_an_async_call_spends_every_retry_before_raising(nim_url: str) -> None:
+    llm = faulty(nim_url, "500", times=2, max_retries=2)
+    assert (await llm.ainvoke("third time")).text.endswith("third time")
+    with pytest.raises(RequestError) as info:
+        await faulty(nim_url, "500", times=3, max_retries=2).ainvoke("hi")
+    assert info.value.status_code == 500
+
+
+async def test_an_async_retry_after_beyond_two_minutes_is_not_waited_for(nim_url: str) -> None:
+    # The SDK's rule: a server asking for a longer wait gets the error, not a hung call.
+    with pytest.raises(RateLimitError):
+        await faulty(nim_url, "429", times=1, retry_after=600, max_retries=1).ainvoke("hi")
+
+
+async def test_an_async_status_error_is_also_the_sdks_class_with_its_response(
+    nim_url: str,
+) -> None:
+    import openai
+
+    with pytest.raises(openai.NotFoundError) as info:
+        await faulty(nim_url, "404").ainvoke("hi")
+    assert info.value.status_code == 404
+    assert info.value.response.status_code == 404
+    assert info.value.body["error"]["message"].startswith("Emulated fault 404")
+
+
+async def test_an_async_call_goes_through_the_proxy_the_environment_names(
+    nim_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A proxy on a closed port: the call must fail there, unless NO_PROXY exempts the host.
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    with pytest.raises(RequestError, match="Could not reach the server"):
+        await ChatNemoVLM(model=NANO12, base_url=nim_url, max_retries=0).ainvoke("hi")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    llm = ChatNemoVLM(model=NANO12, base_url=nim_url, max_retries=0)
+    assert (await llm.ainvoke("direct")).text.endswith("direct")
+
+
+async def test_an_async_stream_goes_through_the_sdk_on_aiohttp(nim_url: str) -> None:
     from openai import DefaultAioHttpClient
 
     llm = ChatNemoVLM(model=NANO12, base_url=nim_url)
-    assert (await llm.ainvoke("over aiohttp")).text.endswith("over aiohttp")
+    text = "".join([str(c.content) async for c in llm.astream("over aiohttp")])
+    assert text.endswith("over aiohttp")
     assert isinstance(llm.backend.async_client._client, DefaultAioHttpClient)  # type: ignore[attr-defined]
 
 
@@ -52,7 +142,7 @@ async def test_an_async_retry_waits_as_long_as_retry_after_says(
     nim_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     llm = faulty(nim_url, "503", times=1, retry_after=0.4, max_retries=1)
-    with caplog.at_level(logging.INFO, logger="openai"):
+    with caplog.at_level(logging.INFO):
         assert (await llm.ainvoke("patience")).text.endswith("patience")
     waits = [
         float(found.group(1))

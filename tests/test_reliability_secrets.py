@@ -453,6 +453,56 @@ def test_a_server_message_echoing_the_key_is_redacted(nim_url: str) -> None:
     assert leaks(everything_about(error)) == []
 
 
+async def test_a_server_message_echoing_the_key_to_an_async_call_is_redacted(
+    nim_url: str,
+) -> None:
+    llm = ChatNemoVLM(
+        model=NANO12, base_url=nim_url, api_key=NIM_KEY, max_retries=0,
+        default_headers={"X-Emulator-Fault": "echo_key"},
+    )  # fmt: skip
+    with pytest.raises(RequestError) as info:
+        await llm.ainvoke("hi")
+    assert "the credential 'Bearer **********' was refused" in str(info.value)
+    assert leaks(everything_about(info.value)) == []
+
+
+async def test_credentials_in_the_base_url_reach_the_server_of_an_async_call_as_basic_auth(
+    nim_url: str,
+) -> None:
+    # As the SDK's httpx client does: URL credentials replace the bearer key.
+    url = nim_url.replace("http://", f"http://user:{URL_PASSWORD}@")
+    llm = ChatNemoVLM(
+        model=NANO12, base_url=url, api_key=NIM_KEY, max_retries=0,
+        default_headers={"X-Emulator-Fault": "echo_key"},
+    )  # fmt: skip
+    with pytest.raises(RequestError) as info:
+        await llm.ainvoke("hi")
+    assert "the credential 'Basic **********' was refused" in str(info.value)
+    assert hidden_leaks(everything_about(info.value)) == []
+    with pytest.raises(RequestError) as sync_info:
+        llm.invoke("hi")  # the SDK's client: the same credential went
+    assert sync_info.value.server_message == info.value.server_message
+
+
+async def test_a_password_in_base_url_is_not_in_an_async_error_about_reaching_it() -> None:
+    llm = ChatNemoVLM(
+        model=NANO12, base_url=f"http://user:{URL_PASSWORD}@127.0.0.1:9/v1", max_retries=0
+    )
+    with pytest.raises(RequestError) as info:
+        await llm.ainvoke("hi")
+    assert hidden_leaks(everything_about(info.value)) == []
+
+
+async def test_credentials_in_headers_are_really_sent_by_an_async_call(nim_url: str) -> None:
+    import httpx
+
+    base = nim_url.removesuffix("/v1")
+    httpx.delete(f"{base}/emulator/requests")
+    await ChatNemoVLM(**{**with_credentials(nim_url), "base_url": nim_url}).ainvoke("hi")  # type: ignore[arg-type]
+    [record] = httpx.get(f"{base}/emulator/requests").json()
+    assert record["headers"]["x-gateway-key"] == GATEWAY_KEY
+
+
 def test_a_server_message_echoing_a_header_token_is_redacted(nim_url: str) -> None:
     settings = with_credentials(nim_url, **{"X-Emulator-Fault": "echo_key"})
     settings["base_url"] = nim_url  # basic auth from a URL would replace the header

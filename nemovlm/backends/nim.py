@@ -15,7 +15,10 @@ The request goes through the SDK's ``post`` rather than ``chat.completions.creat
 and the reply comes back as plain JSON: the request is already the JSON body, and the
 SDK's typed request transform and response models cost more CPU per call than all
 of this package's own work (``bench/``, scenarios 1 and 5). Auth, retries, timeouts,
-SSE parsing and error types are still the SDK's.
+SSE parsing and error types are still the SDK's. A non-streamed async call on the
+default client goes one step lower, straight onto a pooled aiohttp session
+(``nim_http.apost_json``: the SDK's request machinery was most of its CPU at many
+requests in flight, scenario 4), with the SDK's retry policy and exception classes.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pydantic import SecretStr
 from nemovlm.backends._loops import PerLoop, aclose, default_async_http_client
 from nemovlm.backends.assets import ahosted_call, hosted_call
 from nemovlm.backends.nim_errors import converted_errors
+from nemovlm.backends.nim_http import Endpoint, apost_json, close_session, new_session
 from nemovlm.backends.nim_reply import (
     ReplyBody,
     ServedModel,
@@ -69,6 +73,7 @@ __all__ = [
 if TYPE_CHECKING:
     # Imported where a request is made: ``import openai`` takes longer than the rest
     # of the package's import, and making a model instance needs none of it.
+    import aiohttp
     import openai
 
 HOSTED_BASE_URL = "https://integrate.api.nvidia.com/v1"
@@ -137,6 +142,9 @@ class NIMBackend:
         default_factory=lambda: PerLoop(close=aclose), init=False, repr=False
     )
     _aclient_own: openai.AsyncOpenAI | None = field(default=None, init=False, repr=False)
+    _asessions: PerLoop[aiohttp.ClientSession] = field(
+        default_factory=lambda: PerLoop(close=close_session), init=False, repr=False
+    )
 
     @classmethod
     def connect(
@@ -178,6 +186,17 @@ class NIMBackend:
         )
 
     # --- clients ----------------------------------------------------------------
+
+    def _endpoint(self) -> Endpoint:
+        """Where and how non-streamed async requests go (``nim_http``)."""
+        return Endpoint.of(
+            self.base_url,
+            _PATH,
+            api_key=self._client_kwargs()["api_key"],
+            default_headers=self.default_headers,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+        )
 
     def _client_kwargs(self) -> dict[str, Any]:
         key = self.api_key.get_secret_value() if self.api_key else "not-used"
@@ -250,22 +269,33 @@ class NIMBackend:
 
     async def acomplete(self, turns: Sequence[Turn], options: RequestOptions) -> Reply:
         prepared = await aprepare(turns, options, self.profile, self.policy)
-        client = self.async_client
         async with self._ahosted(prepared) as (prepared, headers):
             request = map_request(self.profile, prepared, options, stream=False)
             body = ReplyBody.starting(self.timeout)
             with converted_errors(self.profile.model, self.timeout, secrets=self._secrets):
-                response = await client.post(
-                    _PATH, body=request, cast_to=httpx.Response, options=_unread_body(headers)
-                )
-                try:
-                    body.begin()
-                    async for piece in response.aiter_bytes():
-                        body.add(piece)
-                finally:
-                    await response.aclose()
-                completion = body.json()
+                if self.async_http_client is None:
+                    # Below the SDK, with its retries and errors (``nim_http``): the
+                    # SDK's request machinery is most of an async call's CPU.
+                    session = self._asessions.get(new_session)
+                    completion = await apost_json(session, self._endpoint(), request, headers, body)
+                else:
+                    completion = await self._apost_sdk(request, headers, body)
             return self._process_whole(completion, prepared)
+
+    async def _apost_sdk(
+        self, request: dict[str, Any], headers: dict[str, str], body: ReplyBody
+    ) -> Any:
+        """The non-streamed call through the SDK, on the user's own async HTTP client."""
+        response = await self.async_client.post(
+            _PATH, body=request, cast_to=httpx.Response, options=_unread_body(headers)
+        )
+        try:
+            body.begin()
+            async for piece in response.aiter_bytes():
+                body.add(piece)
+        finally:
+            await response.aclose()
+        return body.json()
 
     def stream(self, turns: Sequence[Turn], options: RequestOptions) -> Iterator[Delta]:
         prepared = prepare(turns, options, self.profile, self.policy, stream=True)

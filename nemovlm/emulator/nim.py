@@ -30,7 +30,8 @@ Output flow:
   act here.
 
 Test hooks: request headers ``X-Emulator-Fault``, ``X-Emulator-Fault-Times``,
-``X-Emulator-Fault-Key``, ``X-Emulator-Retry-After``, ``X-Emulator-Reasoning-Style``,
+``X-Emulator-Fault-Key``, ``X-Emulator-Retry-After`` (and ``X-Emulator-Should-Retry``,
+sent back as ``x-should-retry`` with a status fault), ``X-Emulator-Reasoning-Style``,
 ``X-Emulator-Chunk-Size``; ``GET`` / ``DELETE /emulator/requests`` read and clear the
 record of the last requests (``app.state.requests``: chat completions and model
 listings, with whether a bearer key came but never the key).
@@ -515,6 +516,9 @@ def _map_status_fault(request: Request, name: str) -> Response:
     response = _error(status, message, kind)
     if status in (429, 503):
         response.headers["retry-after"] = request.headers.get("x-emulator-retry-after", "0")
+    verdict = request.headers.get("x-emulator-should-retry")
+    if verdict is not None:  # a server's own say on retrying, which clients obey
+        response.headers["x-should-retry"] = verdict
     return response
 
 

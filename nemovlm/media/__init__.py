@@ -37,7 +37,7 @@ from typing_extensions import assert_never
 
 from nemovlm.media.cache import MediaCacheInfo, cache_info, clear_cache, set_cache_limits
 from nemovlm.media.formats import IMAGE_FORMATS, VIDEO_FORMATS, mime_type_for, sniff_format
-from nemovlm.media.images import needs_fetch, prepare_image
+from nemovlm.media.images import is_prepared, needs_fetch, prepare_image
 from nemovlm.media.mp4 import VideoInfo, read_video_info
 from nemovlm.media.prepared import PreparedMedia
 from nemovlm.media.sources import (
@@ -113,9 +113,15 @@ async def aprepare_media(
     return await run_off_loop(prepare_media, part, profile, policy)
 
 
-def needs_work(part: MediaPart, profile: ModelProfile) -> bool:
+def needs_work(
+    part: MediaPart, profile: ModelProfile, policy: MediaPolicy = _DEFAULT_POLICY
+) -> bool:
     """Whether preparing ``part`` reads, decodes or fetches anything (so an async caller
-    should do it off the event loop); an http(s) URL the model takes as it is does not."""
-    if part.url is None or scheme_of(part.url) not in ("http", "https"):
+    should do it off the event loop); an http(s) URL the model takes as it is does not,
+    nor does an image already prepared (a data URL sent before: the thread hop would
+    cost more than the two lookups that find it)."""
+    if part.url is None:
         return True
+    if scheme_of(part.url) not in ("http", "https"):
+        return not is_prepared(part, profile, policy)
     return needs_fetch(part, profile)

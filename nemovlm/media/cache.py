@@ -100,6 +100,11 @@ class _ImageCache:
         self._put(key, made)
         return made
 
+    def holds(self, key: Hashable) -> bool:
+        """Whether ``key`` is cached (not counted as a hit or a miss)."""
+        with self._lock:
+            return key in self._items
+
     def count_decode(self) -> None:
         with self._lock:
             self.decodes += 1

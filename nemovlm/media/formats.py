@@ -3,6 +3,7 @@ type), their MIME types, and the formats a file extension or URL names."""
 
 from __future__ import annotations
 
+import functools
 import struct
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -130,6 +131,7 @@ def normalize_format(fmt: str) -> str:
     return _ALIASES.get(fmt, fmt)
 
 
+@functools.lru_cache(maxsize=64)
 def normalize_formats(formats: frozenset[str] | None) -> frozenset[str] | None:
     if formats is None:
         return None

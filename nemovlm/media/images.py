@@ -14,7 +14,7 @@ import math
 from PIL import Image
 
 from nemovlm.errors import UnsupportedInputError
-from nemovlm.media.cache import IMAGE_CACHE, content_key
+from nemovlm.media.cache import DATA_URLS, IMAGE_CACHE, content_key
 from nemovlm.media.fetch import fetch_remote
 from nemovlm.media.formats import (
     IMAGE_FORMATS,
@@ -57,11 +57,8 @@ def prepare_image(
 ) -> PreparedMedia:
     if not profile.accepts_images:
         raise refuse_kind(part, profile)
-    formats = normalize_formats(profile.image_formats)
-    target = normalize_format(profile.convert_images_to) if profile.convert_images_to else None
-    budget = (policy.max_image_pixels or profile.max_image_pixels) if policy.downscale else None
-    cap = policy.max_decode_pixels
-    settings = (formats, target, budget, cap)
+    settings = _settings(profile, policy)
+    formats, target, budget, cap = settings
 
     def process(data: bytes) -> PreparedMedia:
         return _process_image_bytes(data, part, profile, formats, target, budget, cap)
@@ -95,6 +92,25 @@ def prepare_image(
     # Same path with the same mtime and size: reuse without reading the file again.
     key = (("file", str(path), st.st_mtime_ns, st.st_size), settings)
     return IMAGE_CACHE.get_or_make(key, lambda: process(read_file(path, part)))
+
+
+def _settings(
+    profile: ModelProfile, policy: MediaPolicy
+) -> tuple[frozenset[str] | None, str | None, int | None, int]:
+    """What a prepared image depends on besides its bytes (part of its cache key)."""
+    formats = normalize_formats(profile.image_formats)
+    target = normalize_format(profile.convert_images_to) if profile.convert_images_to else None
+    budget = (policy.max_image_pixels or profile.max_image_pixels) if policy.downscale else None
+    return formats, target, budget, policy.max_decode_pixels
+
+
+def is_prepared(part: MediaPart, profile: ModelProfile, policy: MediaPolicy) -> bool:
+    """Whether ``part`` is a data URL checked before whose prepared image is cached for
+    these settings: preparing it again is two lookups, nothing to decode."""
+    if part.kind != "image" or part.url is None or not profile.accepts_images:
+        return False
+    known = DATA_URLS.get(part.url) if scheme_of(part.url) == "data" else None
+    return known is not None and IMAGE_CACHE.holds((known[1], _settings(profile, policy)))
 
 
 def needs_fetch(part: MediaPart, profile: ModelProfile) -> bool:
