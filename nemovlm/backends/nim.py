@@ -11,14 +11,14 @@ one raw ``Delta``, with its logprobs), or each chunk's JSON -> ``process_chunk``
 ``available_models`` reads ``/v1/models`` (``process_models``).
 Errors from the SDK are converted once, in ``nim_errors.converted_errors``.
 
-The request goes through the SDK's ``post`` rather than ``chat.completions.create``,
-and the reply comes back as plain JSON: the request is already the JSON body, and the
-SDK's typed request transform and response models cost more CPU per call than all
-of this package's own work (``bench/``, scenarios 1 and 5). Auth, retries, timeouts,
-SSE parsing and error types are still the SDK's. A non-streamed async call on the
-default client goes one step lower, straight onto a pooled aiohttp session
-(``nim_http.apost_json``: the SDK's request machinery was most of its CPU at many
-requests in flight, scenario 4), with the SDK's retry policy and exception classes.
+A stream goes through the SDK's ``post`` rather than ``chat.completions.create``, and
+its chunks come back as plain JSON: the request is already the JSON body, and the SDK's
+typed request transform and chunk models cost more CPU than all of this package's own
+work (``bench/``, scenarios 1 and 5); SSE parsing, retries and error types are the
+SDK's. A whole (non-streamed) reply goes one step lower (``nim_http``): sync on the SDK
+client's own HTTP client, async on a pooled aiohttp session (or through the SDK on a
+user's own async client), with the SDK's retry policy and exception classes; the SDK's
+request machinery was most of a call's CPU at many requests in flight (scenario 4).
 """
 
 from __future__ import annotations
@@ -37,7 +37,14 @@ from pydantic import SecretStr
 from nemovlm.backends._loops import PerLoop, aclose, default_async_http_client
 from nemovlm.backends.assets import ahosted_call, hosted_call
 from nemovlm.backends.nim_errors import converted_errors
-from nemovlm.backends.nim_http import Endpoint, apost_json, close_session, new_session
+from nemovlm.backends.nim_http import (
+    Endpoint,
+    Pool,
+    apost_json,
+    close_pool,
+    new_pool,
+    post_json,
+)
 from nemovlm.backends.nim_reply import (
     ReplyBody,
     ServedModel,
@@ -73,7 +80,6 @@ __all__ = [
 if TYPE_CHECKING:
     # Imported where a request is made: ``import openai`` takes longer than the rest
     # of the package's import, and making a model instance needs none of it.
-    import aiohttp
     import openai
 
 HOSTED_BASE_URL = "https://integrate.api.nvidia.com/v1"
@@ -142,8 +148,8 @@ class NIMBackend:
         default_factory=lambda: PerLoop(close=aclose), init=False, repr=False
     )
     _aclient_own: openai.AsyncOpenAI | None = field(default=None, init=False, repr=False)
-    _asessions: PerLoop[aiohttp.ClientSession] = field(
-        default_factory=lambda: PerLoop(close=close_session), init=False, repr=False
+    _apools: PerLoop[Pool] = field(
+        default_factory=lambda: PerLoop(close=close_pool), init=False, repr=False
     )
 
     @classmethod
@@ -250,21 +256,14 @@ class NIMBackend:
         prepared = prepare(turns, options, self.profile, self.policy)
         # Held until the body is read: a client dropped by a racing first use elsewhere
         # would close its pool, and this response's socket with it.
-        client = self.client
+        client = self.client._client
         with self._hosted(prepared) as (prepared, headers):
             request = map_request(self.profile, prepared, options, stream=False)
             body = ReplyBody.starting(self.timeout)
             with converted_errors(self.profile.model, self.timeout, secrets=self._secrets):
-                response = client.post(
-                    _PATH, body=request, cast_to=httpx.Response, options=_unread_body(headers)
-                )
-                try:
-                    body.begin()
-                    for piece in response.iter_bytes():
-                        body.add(piece)
-                finally:
-                    response.close()
-                completion = body.json()
+                # On the SDK client's HTTP client, below its request machinery, with its
+                # retries and errors (``nim_http``).
+                completion = post_json(client, self._endpoint(), request, headers, body)
             return self._process_whole(completion, prepared)
 
     async def acomplete(self, turns: Sequence[Turn], options: RequestOptions) -> Reply:
@@ -276,8 +275,8 @@ class NIMBackend:
                 if self.async_http_client is None:
                     # Below the SDK, with its retries and errors (``nim_http``): the
                     # SDK's request machinery is most of an async call's CPU.
-                    session = self._asessions.get(new_session)
-                    completion = await apost_json(session, self._endpoint(), request, headers, body)
+                    pool = self._apools.get(lambda: new_pool(self.base_url))
+                    completion = await apost_json(pool, self._endpoint(), request, headers, body)
                 else:
                     completion = await self._apost_sdk(request, headers, body)
             return self._process_whole(completion, prepared)

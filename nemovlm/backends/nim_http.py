@@ -1,13 +1,14 @@
-"""Non-streamed async NIM calls, sent on the package's own pooled aiohttp session.
+"""Whole (non-streamed) NIM replies, sent below the ``openai`` SDK: sync on the SDK
+client's own httpx client (``post_json``), async on a pooled aiohttp session of the
+package's own (``apost_json``).
 
-Why not through the ``openai`` SDK (``bench/README.md``, scenario 4): at 64 requests in
-flight, the SDK's request machinery -- its options model, an httpx request built, its
-URL and headers merged for every call, an httpx response wrapped round aiohttp's --
-costs as much CPU per request as everything else in a LangChain call together; a
-request this module sends costs a fraction of it. ``NIMBackend.acomplete`` uses it when
-the user gave no async HTTP client of their own (a user's client is used as it is,
-through the SDK). Streams and ``/v1/models`` stay on the SDK: a stream's cost is in its
-chunks, not in its one request.
+Why not through the SDK (``bench/README.md``, scenario 4): at 64 requests in flight,
+the SDK's request machinery -- its options model, an httpx request built, its URL and
+headers merged for every call, an httpx response wrapped round aiohttp's -- cost as
+much CPU per request as everything else in a LangChain call together. A user's own
+``http_client`` carries the sync requests as it is; with a user's own async client,
+``NIMBackend.acomplete`` goes through the SDK on it. Streams and ``/v1/models`` stay
+on the SDK: a stream's cost is in its chunks, not in its one request.
 
 What the SDK did is done the same here:
 
@@ -17,8 +18,8 @@ What the SDK did is done the same here:
   overrides that; the wait is ``Retry-After-Ms`` / ``Retry-After`` (seconds or an HTTP
   date) when it is above 0 and at most two minutes (longer: not retried), else 0.5 s
   doubling per retry up to 8 s, less up to 25% jitter.
-- **Timeouts**: ``timeout`` bounds the connect and every read, as the SDK's aiohttp
-  transport sets it; ``ReplyBody`` bounds the whole reply, as before.
+- **Timeouts**: ``timeout`` bounds the connect and every read, as the SDK sets it on
+  httpx and on its aiohttp transport; ``ReplyBody`` bounds the whole reply.
 - **Errors**: the SDK's own exception classes, built as the SDK builds them (a status
   error carries the response, its JSON body and "Error code: N - message"), so
   ``nim_errors.converted_errors`` turns them into this package's errors exactly as it
@@ -48,7 +49,7 @@ import httpx
 
 from nemovlm import __version__
 from nemovlm.backends.nim_reply import ReplyBody
-from nemovlm.errors import openai_status_class
+from nemovlm.errors import http_errors, openai_status_class
 
 if TYPE_CHECKING:
     import aiohttp
@@ -72,9 +73,6 @@ class Endpoint:
     headers: Mapping[str, str] = field(repr=False)  # the key is in them
     timeout: float | None
     max_retries: int
-    proxy: str | None = field(default=None, repr=False)
-    """From ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY`` unless ``NO_PROXY`` covers
-    the host, as the SDK's client reads them."""
 
     @classmethod
     def of(
@@ -102,34 +100,20 @@ class Endpoint:
             pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
             headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
             url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-        return cls(url, headers, timeout, max_retries, _env_proxy(url))
+        return cls(url, headers, timeout, max_retries)
 
 
-_PROXY_VARIABLES = ("http", "https", "all", "no")
+@dataclass
+class Pool:
+    """One event loop's connections to one server, and the proxy they go through."""
+
+    session: aiohttp.ClientSession
+    proxy: str | None
+    """From ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY`` unless ``NO_PROXY`` covers
+    the host: read when the pool is made, as httpx reads them when a client is made."""
 
 
-def _env_proxy(url: str) -> str | None:
-    """The proxy for ``url`` from the environment (lower-case names first, as the
-    standard library reads them); read per call, as a user may set them at any time."""
-    env = os.environ
-    values = tuple(
-        env.get(f"{name}_proxy") or env.get(f"{name.upper()}_PROXY") for name in _PROXY_VARIABLES
-    )
-    return _proxy_for(url, values) if any(values[:3]) else None
-
-
-@functools.lru_cache(maxsize=64)
-def _proxy_for(url: str, values: tuple[str | None, ...]) -> str | None:
-    proxies = {k: v for k, v in zip(_PROXY_VARIABLES, values, strict=True) if v}
-    parts = urlsplit(url)
-    # NO_PROXY as the standard library matches it (typeshed lacks this function).
-    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
-    if bypass(parts.hostname or "", proxies):
-        return None
-    return proxies.get(parts.scheme) or proxies.get("all")
-
-
-def new_session() -> aiohttp.ClientSession:
+def new_pool(url: str) -> Pool:
     """A pooled session for the running loop, trusting the CAs the SDK's client trusts
     (certifi, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``)."""
     import aiohttp
@@ -138,12 +122,32 @@ def new_session() -> aiohttp.ClientSession:
         limit=_CONNECTIONS, keepalive_timeout=_KEEPALIVE, ssl=_ssl_context(*_cert_env())
     )
     # Not ``trust_env``: aiohttp would look up netrc and the proxy in a worker thread on
-    # every request; the proxy is found once per call instead (``Endpoint.proxy``).
-    return aiohttp.ClientSession(connector=connector)
+    # every request; the proxy is looked up once, here.
+    return Pool(aiohttp.ClientSession(connector=connector), _env_proxy(url))
 
 
-async def close_session(session: aiohttp.ClientSession) -> None:
-    await session.close()
+async def close_pool(pool: Pool) -> None:
+    await pool.session.close()
+
+
+_PROXY_VARIABLES = ("http", "https", "all", "no")
+
+
+def _env_proxy(url: str) -> str | None:
+    """The proxy for ``url`` from the environment, lower-case names first, as the
+    standard library (and httpx through it) reads them."""
+    env = os.environ
+    proxies = {}
+    for name in _PROXY_VARIABLES:
+        value = env.get(f"{name}_proxy") or env.get(f"{name.upper()}_PROXY")
+        if value:
+            proxies[name] = value
+    parts = urlsplit(url)
+    # NO_PROXY as the standard library matches it (typeshed lacks this function).
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+    if not proxies or bypass(parts.hostname or "", proxies):
+        return None
+    return proxies.get(parts.scheme) or proxies.get("all")
 
 
 def _cert_env() -> tuple[str | None, str | None]:
@@ -157,8 +161,54 @@ def _ssl_context(cert_file: str | None, cert_dir: str | None) -> Any:
     return httpx.create_ssl_context(trust_env=True)
 
 
+def post_json(
+    client: Any,
+    endpoint: Endpoint,
+    body: Mapping[str, Any],
+    headers: Mapping[str, str],
+    reply: ReplyBody,
+) -> Any:
+    """``apost_json`` for sync calls, on the SDK client's own httpx client (the user's
+    ``http_client`` when they gave one), which brings its proxies, TLS and pool."""
+    request = client.build_request(
+        "POST", endpoint.url, content=_dumps(body), headers=_headers(endpoint, headers),
+        timeout=endpoint.timeout,
+    )  # fmt: skip
+    retries = endpoint.max_retries
+    for attempt in range(retries + 1):
+        left = retries - attempt
+        try:
+            response = client.send(request, stream=True, follow_redirects=True)
+        except _sdk_transport_errors() as exc:
+            if left <= 0:
+                raise _transport_error(exc, endpoint.url) from exc
+            _log_retry(pause := _backoff(retries, left), attempt, retries)
+            time.sleep(pause)
+            continue
+        try:
+            if response.status_code < 300:
+                # Read errors (a body cut off, a stall) are the HTTP library's, as in
+                # the SDK: ``converted_errors`` reports them as a broken reply.
+                reply.begin()
+                for piece in response.iter_bytes():
+                    reply.add(piece)
+                return reply.json()
+            error = _status_error(
+                response.status_code, response.headers.raw, _read_error_body(response, reply),
+                endpoint.url,
+            )  # fmt: skip
+        finally:
+            response.close()
+        wait = _retry_wait(error.response.headers, error.status_code, retries, left)
+        if wait is None:
+            raise error
+        _log_retry(wait, attempt, retries)
+        time.sleep(wait)
+    raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
+
+
 async def apost_json(
-    session: aiohttp.ClientSession,
+    pool: Pool,
     endpoint: Endpoint,
     body: Mapping[str, Any],
     headers: Mapping[str, str],
@@ -167,13 +217,13 @@ async def apost_json(
     """POST ``body`` as JSON and return the reply's JSON, retrying as the SDK does.
 
     Raises the SDK's exceptions (``openai.APIStatusError`` and its per-status classes,
-    ``openai.APIConnectionError``, ``openai.APITimeoutError``) and httpx's ``ReadError``
-    / ``ReadTimeout`` for a body cut off or stalled, as the SDK on aiohttp does.
+    ``openai.APIConnectionError``, ``openai.APITimeoutError``) and its HTTP library's
+    ``ReadError`` / ``ReadTimeout`` for a body cut off or stalled, as the SDK does.
     """
     import aiohttp
 
-    data = json.dumps(body, allow_nan=False).encode()
-    sent = {**endpoint.headers, **headers} if headers else endpoint.headers
+    data = _dumps(body)
+    sent = _headers(endpoint, headers)
     timeout = aiohttp.ClientTimeout(
         total=None, connect=endpoint.timeout, sock_connect=endpoint.timeout,
         sock_read=endpoint.timeout,
@@ -182,7 +232,7 @@ async def apost_json(
     for attempt in range(retries + 1):
         left = retries - attempt
         try:
-            async with session.post(
+            async with pool.session.post(
                 endpoint.url,
                 data=data,
                 headers=sent,
@@ -190,24 +240,35 @@ async def apost_json(
                 # Followed as the SDK's client follows them; aiohttp drops the key on a
                 # redirect to another origin, as httpx does.
                 allow_redirects=True,
-                proxy=endpoint.proxy,
+                proxy=pool.proxy,
             ) as response:
                 if response.status < 300:
-                    return await _read_json(response, reply)
-                error = await _status_error(response, endpoint.url, reply)
+                    return await _aread_json(response, reply)
+                content = await _aread_error_body(response, reply)
+                error = _status_error(response.status, response.raw_headers, content, endpoint.url)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             if left <= 0:
                 raise _transport_error(exc, endpoint.url) from exc
-            await _wait(_backoff(retries, left), attempt, retries)
+            _log_retry(pause := _backoff(retries, left), attempt, retries)
+            await asyncio.sleep(pause)
             continue
         wait = _retry_wait(error.response.headers, error.status_code, retries, left)
         if wait is None:
             raise error
-        await _wait(wait, attempt, retries)
+        _log_retry(wait, attempt, retries)
+        await asyncio.sleep(wait)
     raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
 
-async def _read_json(response: aiohttp.ClientResponse, reply: ReplyBody) -> Any:
+def _dumps(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, allow_nan=False).encode()
+
+
+def _headers(endpoint: Endpoint, headers: Mapping[str, str]) -> Mapping[str, str]:
+    return {**endpoint.headers, **headers} if headers else endpoint.headers
+
+
+async def _aread_json(response: aiohttp.ClientResponse, reply: ReplyBody) -> Any:
     import aiohttp
 
     reply.begin()
@@ -221,18 +282,15 @@ async def _read_json(response: aiohttp.ClientResponse, reply: ReplyBody) -> Any:
     return reply.json()
 
 
-async def _status_error(response: aiohttp.ClientResponse, url: str, reply: ReplyBody) -> Any:
-    """The SDK's error for a non-2xx answer (``_make_status_error_from_response``)."""
-    content = await _read_bytes(response, reply)
+def _status_error(status: int, raw_headers: Any, content: bytes, url: str) -> Any:
+    """The SDK's error for a non-2xx answer, made as its
+    ``_make_status_error_from_response`` makes it."""
     http = _sdk_http()
     mirrored = http.Response(
-        response.status,
-        headers=list(response.raw_headers),
-        content=content,
-        request=http.Request("POST", url),
+        status, headers=list(raw_headers), content=content, request=http.Request("POST", url)
     )
     text = content.decode(errors="replace").strip()
-    message = f"Error code: {response.status}"
+    message = f"Error code: {status}"
     body: Any = text
     try:
         body = json.loads(text)
@@ -243,20 +301,37 @@ async def _status_error(response: aiohttp.ClientResponse, url: str, reply: Reply
         detail = error.get("message") if isinstance(error, dict) else None
         if isinstance(detail, str) and detail:
             message += f" - {detail}"
-    return openai_status_class(response.status)(message, response=mirrored, body=body)
+    return openai_status_class(status)(message, response=mirrored, body=body)
 
 
-async def _read_bytes(response: aiohttp.ClientResponse, reply: ReplyBody) -> bytes:
+def _read_error_body(response: Any, reply: ReplyBody) -> bytes:
+    pieces = ReplyBody.starting(reply.timeout)
+    pieces.begin()
+    try:
+        for piece in response.iter_bytes():
+            pieces.add(piece)
+    except _sdk_transport_errors():
+        pass  # the status says what failed; a cut-off error body does not change it
+    return b"".join(pieces.pieces)
+
+
+async def _aread_error_body(response: aiohttp.ClientResponse, reply: ReplyBody) -> bytes:
     import aiohttp
 
     pieces = ReplyBody.starting(reply.timeout)
+    pieces.begin()
     try:
-        pieces.begin()
         async for piece in response.content.iter_chunked(1 << 16):
             pieces.add(piece)
     except (aiohttp.ClientError, asyncio.TimeoutError):
         pass  # the status says what failed; a cut-off error body does not change it
     return b"".join(pieces.pieces)
+
+
+def _sdk_transport_errors() -> tuple[type[Exception], ...]:
+    """Every transport error of httpx and httpx2 (which one a client raises depends on
+    the SDK and on the client a user gave)."""
+    return http_errors("TransportError")
 
 
 @functools.cache
@@ -270,10 +345,11 @@ def _sdk_http() -> Any:
 
 
 def _transport_error(exc: BaseException, url: str) -> Exception:
+    """The SDK's error for a request that got no answer: a timeout, or any other failure."""
     import openai
 
     request = _sdk_http().Request("POST", url)
-    if isinstance(exc, asyncio.TimeoutError):
+    if isinstance(exc, (asyncio.TimeoutError, *http_errors("TimeoutException"))):
         return openai.APITimeoutError(request=request)
     return openai.APIConnectionError(request=request)
 
@@ -315,6 +391,6 @@ def _backoff(retries: int, left: int) -> float:
     return delay * (1 - 0.25 * random.random())  # noqa: S311 - jitter, not a secret
 
 
-async def _wait(seconds: float, attempt: int, retries: int) -> None:
+def _log_retry(seconds: float, attempt: int, retries: int) -> None:
+    # The SDK's own words, so a log filter written for it still matches.
     log.info("Retrying request in %f seconds (retry %i of %s)", seconds, attempt + 1, retries)
-    await asyncio.sleep(seconds)
