@@ -293,9 +293,10 @@ def run(config: Config) -> ScenarioResult:
         "Connections opened per warm-up + timed run: a pool opens about one per request in "
         "flight (again after idle ones expire between runs), a client made per call one per "
         "request (ChatNVIDIA opens an aiohttp session per call).",
-        "Ours sends async requests through the openai SDK on its aiohttp transport "
-        "(openai.DefaultAioHttpClient); the raw SDK row is the SDK's own default "
-        "(httpx / httpx2). Sync calls (batch) use the SDK's default client.",
+        "Ours sends whole replies below the openai SDK (nemovlm/backends/nim_http.py): "
+        "async on a pooled aiohttp session, sync (batch) on the SDK client's own httpx "
+        "client, with the SDK's retry policy and exception classes; the raw SDK row is "
+        "the SDK's own default (httpx / httpx2).",
     ]
     result.raw = {
         "throughput": throughput,
