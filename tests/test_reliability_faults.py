@@ -717,6 +717,27 @@ async def test_cancelling_a_fal_call_while_fal_acknowledges_it_cancels_the_queue
     assert record.cancelled
 
 
+async def test_a_request_fal_queues_after_an_async_timeout_is_cancelled_once_fal_answers(
+    fal_emu: FalEmulator,
+) -> None:
+    # fal queues the request but answers the submission late: the call times out before
+    # it knows the request id, and must not leave the request to run.
+    fal_emu.state.late_ack_queued.clear()
+    fal_emu.state.late_ack_release.clear()
+    fal_emu.inject_fault("late_ack")
+    with pytest.raises(RequestTimeoutError, match="cancelled as soon as fal says so"):
+        await fal(timeout=1.2).ainvoke(with_image())
+    assert await asyncio.to_thread(fal_emu.state.late_ack_queued.wait, 60)
+    fal_emu.state.late_ack_release.set()
+    for _ in range(6000):  # an event, not a clock: the bound only stops a broken build
+        records = list(fal_emu.state.requests.values())
+        if records and records[0].cancelled:
+            break
+        await asyncio.sleep(0.01)
+    [record] = fal_emu.state.requests.values()
+    assert record.cancelled
+
+
 async def test_closing_a_fal_stream_midway_cancels_the_queued_request(
     fal_emu: FalEmulator,
 ) -> None:

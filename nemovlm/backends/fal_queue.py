@@ -78,6 +78,8 @@ class QueueTracker:
     cancel: Callable[[str], object] | None = None
     """Cancels a request on fal's queue; set for sync calls, whose submission runs on in
     fal-client's worker thread after a timeout."""
+    late_cancel: bool = False
+    """Set by async calls that left a submission to be cancelled once fal answers it."""
     _last: tuple[str, int | None] | None = None
     _logs_seen: int = 0
     _abandoned: bool = False
@@ -166,7 +168,13 @@ async def asubscribe(
     except asyncio.TimeoutError as exc:
         tracker.abandon()
         if not submitting.done():
-            submitting.cancel()  # hang up, as fal-client does: fal has not queued it
+            # fal may have queued it and not answered yet (hanging up, as fal-client
+            # does, would leave it to run and bill): the answer is awaited in the
+            # background and what it queued is cancelled.
+            tracker.late_cancel = True
+            task = asyncio.ensure_future(_acancel_when_queued(submitting, client, model))
+            _LATE_CANCELS.add(task)
+            task.add_done_callback(_LATE_CANCELS.discard)
             raise fal_client.FalClientTimeoutError(timeout=timeout or 0.0) from exc
         request_id = await _acancel_submitted(submitting, client, model)
         raise fal_client.FalClientTimeoutError(
@@ -179,6 +187,27 @@ async def asubscribe(
         tracker.abandon()
         await _acancel_submitted(submitting, client, model)
         raise
+
+
+_LATE_CANCELS: set[asyncio.Future[None]] = set()
+"""Background cancels of submissions fal had not answered at a timeout (held here: the
+loop keeps only weak references to tasks)."""
+
+
+async def _acancel_when_queued(
+    submitting: asyncio.Future[Any], client: fal_client.AsyncClient, model: str
+) -> None:
+    """Wait for fal's answer to a submission the caller gave up on, and cancel the
+    request it queued. If the loop shuts down first, awaiting the submission hangs up
+    on it (fal-client's own behaviour): nothing more can be done then."""
+    try:
+        handle = await submitting
+    except Exception:  # the submission failed: nothing was queued
+        return
+    logger.info(
+        "fal %s request %s queued after its timeout; cancelling it", model, handle.request_id
+    )
+    await _acancel_quietly(client, model, handle.request_id)
 
 
 async def _acancel_submitted(
@@ -260,7 +289,7 @@ def _converted(model: str, timeout: float | None, tracker: QueueTracker) -> Iter
             what = f"request id {request_id}; it was cancelled on fal's queue"
         else:
             what = "fal had not acknowledged the request yet, so nothing was cancelled"
-            if tracker.cancel is not None:
+            if tracker.cancel is not None or tracker.late_cancel:
                 what += "; if fal queues it after all, it is cancelled as soon as fal says so"
         raise RequestTimeoutError(
             f"{model} on fal did not finish within timeout={timeout} s ({what}): raise "
