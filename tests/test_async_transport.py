@@ -132,6 +132,78 @@ async def test_whole_replies_obey_the_servers_x_should_retry_as_the_sdk_does(
     assert reference[0] == ("answered" if verdict == "true" else "raised")
 
 
+def _sdk_error_fields(url: str, headers: dict[str, str]) -> tuple[Any, ...]:
+    """The fields of the error the ``openai`` SDK itself raises for a status fault."""
+    import openai
+
+    client = openai.OpenAI(base_url=url, api_key="not-used", max_retries=0, default_headers=headers)
+    try:
+        client.chat.completions.create(model=NANO12, messages=[{"role": "user", "content": "hi"}])
+    except openai.APIStatusError as exc:
+        return (exc.body, exc.code, exc.type, exc.param)
+    finally:
+        client.close()
+    raise AssertionError("the fault should have raised")
+
+
+async def test_a_whole_reply_status_error_carries_the_servers_error_object_as_the_sdks_does(
+    nim_url: str,
+) -> None:
+    # The SDK's error holds the server's error object (``body``, ``code``, ``type``),
+    # not the envelope round it: code reading ``error.body["message"]`` or
+    # ``error.type`` keeps working.
+    import openai
+
+    headers = {"X-Emulator-Fault": "404"}
+    reference = await asyncio.to_thread(_sdk_error_fields, nim_url, headers)
+    llm = ChatNemoVLM(model=NANO12, base_url=nim_url, max_retries=0, default_headers=headers)
+    with pytest.raises(openai.NotFoundError) as sync_info:
+        await asyncio.to_thread(llm.invoke, "hi")
+    with pytest.raises(openai.NotFoundError) as async_info:
+        await llm.ainvoke("hi")
+    for error in (sync_info.value, async_info.value):
+        cause = error.__cause__  # the SDK's own class, as the SDK would have raised it
+        assert (error.body, cause.code, error.type, error.param) == reference  # type: ignore[union-attr]
+    assert reference[2] == "NotFoundError"
+
+
+def _sdk_connection_outcome(url: str, headers: dict[str, str]) -> str:
+    import openai
+
+    client = openai.OpenAI(base_url=url, api_key="not-used", max_retries=0, default_headers=headers)
+    try:
+        client.chat.completions.create(model=NANO12, messages=[{"role": "user", "content": "hi"}])
+    except openai.APIConnectionError as exc:
+        return type(exc).__name__
+    finally:
+        client.close()
+    raise AssertionError("the redirect loop should have raised")
+
+
+async def test_a_redirect_loop_is_a_request_error_as_through_the_sdk(nim_url: str) -> None:
+    # The SDK turns a client's "too many redirects" into its connection error.
+    import openai
+
+    headers = {"X-Emulator-Fault": "redirect"}
+    assert await asyncio.to_thread(_sdk_connection_outcome, nim_url, headers) == (
+        "APIConnectionError"
+    )
+    llm = ChatNemoVLM(model=NANO12, base_url=nim_url, max_retries=0, default_headers=headers)
+    with pytest.raises(RequestError) as sync_info:
+        await asyncio.to_thread(llm.invoke, "hi")
+    with pytest.raises(RequestError) as async_info:
+        await llm.ainvoke("hi")
+    for error in (sync_info.value, async_info.value):
+        assert isinstance(error, openai.APIConnectionError)
+
+
+async def test_a_redirect_is_followed_for_whole_replies(nim_url: str) -> None:
+    llm = faulty(nim_url, "redirect", times=1)
+    assert (await asyncio.to_thread(llm.invoke, "moved")).text.endswith("moved")
+    llm = faulty(nim_url, "redirect", times=1)
+    assert (await llm.ainvoke("moved")).text.endswith("moved")
+
+
 async def test_an_async_call_spends_every_retry_before_raising(nim_url: str) -> None:
     llm = faulty(nim_url, "500", times=2, max_retries=2)
     assert (await llm.ainvoke("third time")).text.endswith("third time")
@@ -155,7 +227,7 @@ async def test_an_async_status_error_is_also_the_sdks_class_with_its_response(
         await faulty(nim_url, "404").ainvoke("hi")
     assert info.value.status_code == 404
     assert info.value.response.status_code == 404
-    assert info.value.body["error"]["message"].startswith("Emulated fault 404")
+    assert info.value.body["message"].startswith("Emulated fault 404")
 
 
 async def test_an_async_call_goes_through_the_proxy_the_environment_names(

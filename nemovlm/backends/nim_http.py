@@ -179,7 +179,8 @@ def post_json(
         left = retries - attempt
         try:
             response = client.send(request, stream=True, follow_redirects=True)
-        except _sdk_transport_errors() as exc:
+        except Exception as exc:  # noqa: BLE001 - as the SDK: no answer is its connection error
+            # A redirect loop or a user's event hook failing too, not only the transport.
             if left <= 0:
                 raise _transport_error(exc, endpoint.url) from exc
             _log_retry(pause := _backoff(retries, left), attempt, retries)
@@ -301,7 +302,10 @@ def _status_error(status: int, raw_headers: Any, content: bytes, url: str) -> An
         detail = error.get("message") if isinstance(error, dict) else None
         if isinstance(detail, str) and detail:
             message += f" - {detail}"
-    return openai_status_class(status)(message, response=mirrored, body=body)
+    # The SDK's error holds the server's error object, not the envelope round it, so
+    # its ``code``, ``type`` and ``param`` are the server's (``_make_status_error``).
+    data = body.get("error", body) if isinstance(body, dict) else body
+    return openai_status_class(status)(message, response=mirrored, body=data)
 
 
 def _read_error_body(response: Any, reply: ReplyBody) -> bytes:
