@@ -303,6 +303,28 @@ async def test_a_users_own_async_http_client_carries_the_requests(nim_url: str) 
     await own.aclose()
 
 
+def test_a_users_own_http_client_that_follows_no_redirect_is_honoured(nim_url: str) -> None:
+    # The SDK sends on a user's client as it is: a redirect it does not follow is the
+    # 307 status error, as ``openai.OpenAI(http_client=...)`` itself raises it.
+    import openai
+
+    headers = {"X-Emulator-Fault": "redirect"}
+    with openai.DefaultHttpxClient(follow_redirects=False) as own:
+        sdk = openai.OpenAI(
+            base_url=nim_url, api_key="not-used", max_retries=0, default_headers=headers,
+            http_client=own,
+        )  # fmt: skip
+        with pytest.raises(openai.APIStatusError) as reference:
+            sdk.chat.completions.create(model=NANO12, messages=[{"role": "user", "content": "hi"}])
+        llm = ChatNemoVLM(
+            model=NANO12, base_url=nim_url, max_retries=0, default_headers=headers,
+            http_client=own,
+        )  # fmt: skip
+        with pytest.raises(RequestError) as info:
+            llm.invoke("hi")
+    assert info.value.status_code == reference.value.status_code == 307
+
+
 def test_each_finished_event_loop_closes_its_client(
     nim_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

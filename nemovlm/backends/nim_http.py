@@ -178,7 +178,9 @@ def post_json(
     for attempt in range(retries + 1):
         left = retries - attempt
         try:
-            response = client.send(request, stream=True, follow_redirects=True)
+            # Redirects as the client follows them, as the SDK sends: its own client
+            # follows them (``DefaultHttpxClient``), a user's as they set it.
+            response = client.send(request, stream=True)
         except Exception as exc:  # noqa: BLE001 - as the SDK: no answer is its connection error
             # A redirect loop or a user's event hook failing too, not only the transport.
             if left <= 0:
