@@ -9,6 +9,7 @@ Faults come from the NIM emulator over real HTTP (``X-Emulator-Fault`` headers).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import gc
 import logging
 import re
@@ -16,6 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pydantic
 import pytest
 
 from langchain_nemovlm import ChatNemoVLM
@@ -25,6 +27,7 @@ from nemovlm.errors import (
     RequestError,
     RequestTimeoutError,
 )
+from tests.conftest import WireLog
 
 NANO12 = "nvidia/nemotron-nano-12b-v2-vl"
 
@@ -202,6 +205,24 @@ async def test_a_redirect_is_followed_for_whole_replies(nim_url: str) -> None:
     assert (await asyncio.to_thread(llm.invoke, "moved")).text.endswith("moved")
     llm = faulty(nim_url, "redirect", times=1)
     assert (await llm.ainvoke("moved")).text.endswith("moved")
+
+
+class _Tiles(pydantic.BaseModel):
+    max_num_tiles: int
+
+
+async def test_whole_replies_send_datetimes_and_pydantic_models_as_the_sdk_does(
+    nim_url: str, wire: WireLog
+) -> None:
+    # The SDK's JSON encoder writes a datetime as ISO text and a pydantic model as its
+    # JSON; a stream (sent by the SDK) and a whole reply must send the same body.
+    extra = {"when": datetime.datetime(2024, 1, 2, 3, 4, 5), "tiles": _Tiles(max_num_tiles=3)}
+    llm = ChatNemoVLM(model=NANO12, base_url=nim_url, max_retries=0, extra_body=extra)
+    "".join([str(c.content) async for c in llm.astream("streamed")])
+    await asyncio.to_thread(llm.invoke, "whole")
+    await llm.ainvoke("whole")
+    sent = [(b["when"], b["tiles"]) for b in wire.bodies()]
+    assert sent == [("2024-01-02T03:04:05", {"max_num_tiles": 3})] * 3
 
 
 async def test_an_async_call_spends_every_retry_before_raising(nim_url: str) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import email.utils
 import functools
 import importlib
@@ -46,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
+import pydantic
 
 from nemovlm import __version__
 from nemovlm.backends.nim_reply import ReplyBody
@@ -264,7 +266,17 @@ async def apost_json(
 
 
 def _dumps(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, allow_nan=False).encode()
+    return json.dumps(body, allow_nan=False, default=_json_default).encode()
+
+
+def _json_default(value: Any) -> Any:
+    """What the SDK's JSON encoder (``openai._utils._json``) also writes: a datetime as
+    ISO text, a pydantic model as its JSON (``extra_body`` may hold either)."""
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump(mode="json", exclude_unset=True, by_alias=True)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def _headers(endpoint: Endpoint, headers: Mapping[str, str]) -> Mapping[str, str]:
