@@ -21,6 +21,7 @@ import pydantic
 import pytest
 
 from langchain_nemovlm import ChatNemoVLM
+from nemovlm.emulator.server import RunningServer
 from nemovlm.errors import (
     IncompleteResponseError,
     RateLimitError,
@@ -261,6 +262,22 @@ async def test_an_async_call_goes_through_the_proxy_the_environment_names(
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     llm = ChatNemoVLM(model=NANO12, base_url=nim_url, max_retries=0)
     assert (await llm.ainvoke("direct")).text.endswith("direct")
+
+
+async def test_a_proxy_named_without_a_scheme_is_taken_as_http_as_httpx_takes_it(
+    nim_server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ``http_proxy=host:port`` is common; httpx (the sync client) reads it as
+    # http://host:port. The emulator stands in for the proxy: the host behind it does
+    # not exist, so only a request sent through the proxy is answered (with the
+    # emulator's 404 for a proxied URL).
+    monkeypatch.setenv("HTTP_PROXY", nim_server.url.removeprefix("http://"))
+    llm = ChatNemoVLM(model=NANO12, base_url="http://nim.invalid/v1", max_retries=0)
+    with pytest.raises(RequestError) as sync_info:
+        await asyncio.to_thread(llm.invoke, "hi")
+    with pytest.raises(RequestError) as async_info:
+        await llm.ainvoke("hi")
+    assert sync_info.value.status_code == async_info.value.status_code == 404
 
 
 async def test_an_async_stream_goes_through_the_sdk_on_aiohttp(nim_url: str) -> None:

@@ -149,7 +149,9 @@ def _env_proxy(url: str) -> str | None:
     bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
     if not proxies or bypass(parts.hostname or "", proxies):
         return None
-    return proxies.get(parts.scheme) or proxies.get("all")
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    # ``host:port`` is an http proxy, as httpx reads it (``get_environment_proxies``).
+    return proxy if proxy is None or "://" in proxy else f"http://{proxy}"
 
 
 def _cert_env() -> tuple[str | None, str | None]:
