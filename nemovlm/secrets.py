@@ -252,6 +252,12 @@ def _scrubbed(value: Any, secrets: tuple[str, ...], depth: int = 0) -> Any:
         return value
     if isinstance(value, dict):
         return {k: _scrubbed(v, secrets, depth + 1) for k, v in value.items()}
+    if isinstance(value, Mapping) and any(
+        isinstance(v, str) and redact_text(v, secrets) != v for v in value.values()
+    ):
+        # Request headers kept on an error (aiohttp's ``RequestInfo`` of a redirect loop,
+        # a multi-dict): a plain dict of them, scrubbed.
+        return {k: _scrubbed(v, secrets, depth + 1) for k, v in value.items()}
     if isinstance(value, tuple) and hasattr(value, "_make"):  # a named tuple
         return value._make(_scrubbed(v, secrets, depth + 1) for v in value)
     if isinstance(value, (list, tuple)):

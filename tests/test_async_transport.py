@@ -9,6 +9,7 @@ Faults come from the NIM emulator over real HTTP (``X-Emulator-Fault`` headers).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import gc
 import logging
 import re
@@ -16,15 +17,18 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pydantic
 import pytest
 
 from langchain_nemovlm import ChatNemoVLM
+from nemovlm.emulator.server import RunningServer
 from nemovlm.errors import (
     IncompleteResponseError,
     RateLimitError,
     RequestError,
     RequestTimeoutError,
 )
+from tests.conftest import WireLog
 
 NANO12 = "nvidia/nemotron-nano-12b-v2-vl"
 
@@ -132,6 +136,96 @@ async def test_whole_replies_obey_the_servers_x_should_retry_as_the_sdk_does(
     assert reference[0] == ("answered" if verdict == "true" else "raised")
 
 
+def _sdk_error_fields(url: str, headers: dict[str, str]) -> tuple[Any, ...]:
+    """The fields of the error the ``openai`` SDK itself raises for a status fault."""
+    import openai
+
+    client = openai.OpenAI(base_url=url, api_key="not-used", max_retries=0, default_headers=headers)
+    try:
+        client.chat.completions.create(model=NANO12, messages=[{"role": "user", "content": "hi"}])
+    except openai.APIStatusError as exc:
+        return (exc.body, exc.code, exc.type, exc.param)
+    finally:
+        client.close()
+    raise AssertionError("the fault should have raised")
+
+
+async def test_a_whole_reply_status_error_carries_the_servers_error_object_as_the_sdks_does(
+    nim_url: str,
+) -> None:
+    # The SDK's error holds the server's error object (``body``, ``code``, ``type``),
+    # not the envelope round it: code reading ``error.body["message"]`` or
+    # ``error.type`` keeps working.
+    import openai
+
+    headers = {"X-Emulator-Fault": "404"}
+    reference = await asyncio.to_thread(_sdk_error_fields, nim_url, headers)
+    llm = ChatNemoVLM(model=NANO12, base_url=nim_url, max_retries=0, default_headers=headers)
+    with pytest.raises(openai.NotFoundError) as sync_info:
+        await asyncio.to_thread(llm.invoke, "hi")
+    with pytest.raises(openai.NotFoundError) as async_info:
+        await llm.ainvoke("hi")
+    for error in (sync_info.value, async_info.value):
+        cause = error.__cause__  # the SDK's own class, as the SDK would have raised it
+        assert (error.body, cause.code, error.type, error.param) == reference  # type: ignore[union-attr]
+    assert reference[2] == "NotFoundError"
+
+
+def _sdk_connection_outcome(url: str, headers: dict[str, str]) -> str:
+    import openai
+
+    client = openai.OpenAI(base_url=url, api_key="not-used", max_retries=0, default_headers=headers)
+    try:
+        client.chat.completions.create(model=NANO12, messages=[{"role": "user", "content": "hi"}])
+    except openai.APIConnectionError as exc:
+        return type(exc).__name__
+    finally:
+        client.close()
+    raise AssertionError("the redirect loop should have raised")
+
+
+async def test_a_redirect_loop_is_a_request_error_as_through_the_sdk(nim_url: str) -> None:
+    # The SDK turns a client's "too many redirects" into its connection error.
+    import openai
+
+    headers = {"X-Emulator-Fault": "redirect"}
+    assert await asyncio.to_thread(_sdk_connection_outcome, nim_url, headers) == (
+        "APIConnectionError"
+    )
+    llm = ChatNemoVLM(model=NANO12, base_url=nim_url, max_retries=0, default_headers=headers)
+    with pytest.raises(RequestError) as sync_info:
+        await asyncio.to_thread(llm.invoke, "hi")
+    with pytest.raises(RequestError) as async_info:
+        await llm.ainvoke("hi")
+    for error in (sync_info.value, async_info.value):
+        assert isinstance(error, openai.APIConnectionError)
+
+
+async def test_a_redirect_is_followed_for_whole_replies(nim_url: str) -> None:
+    llm = faulty(nim_url, "redirect", times=1)
+    assert (await asyncio.to_thread(llm.invoke, "moved")).text.endswith("moved")
+    llm = faulty(nim_url, "redirect", times=1)
+    assert (await llm.ainvoke("moved")).text.endswith("moved")
+
+
+class _Tiles(pydantic.BaseModel):
+    max_num_tiles: int
+
+
+async def test_whole_replies_send_datetimes_and_pydantic_models_as_the_sdk_does(
+    nim_url: str, wire: WireLog
+) -> None:
+    # The SDK's JSON encoder writes a datetime as ISO text and a pydantic model as its
+    # JSON; a stream (sent by the SDK) and a whole reply must send the same body.
+    extra = {"when": datetime.datetime(2024, 1, 2, 3, 4, 5), "tiles": _Tiles(max_num_tiles=3)}
+    llm = ChatNemoVLM(model=NANO12, base_url=nim_url, max_retries=0, extra_body=extra)
+    "".join([str(c.content) async for c in llm.astream("streamed")])
+    await asyncio.to_thread(llm.invoke, "whole")
+    await llm.ainvoke("whole")
+    sent = [(b["when"], b["tiles"]) for b in wire.bodies()]
+    assert sent == [("2024-01-02T03:04:05", {"max_num_tiles": 3})] * 3
+
+
 async def test_an_async_call_spends_every_retry_before_raising(nim_url: str) -> None:
     llm = faulty(nim_url, "500", times=2, max_retries=2)
     assert (await llm.ainvoke("third time")).text.endswith("third time")
@@ -155,7 +249,7 @@ async def test_an_async_status_error_is_also_the_sdks_class_with_its_response(
         await faulty(nim_url, "404").ainvoke("hi")
     assert info.value.status_code == 404
     assert info.value.response.status_code == 404
-    assert info.value.body["error"]["message"].startswith("Emulated fault 404")
+    assert info.value.body["message"].startswith("Emulated fault 404")
 
 
 async def test_an_async_call_goes_through_the_proxy_the_environment_names(
@@ -168,6 +262,22 @@ async def test_an_async_call_goes_through_the_proxy_the_environment_names(
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     llm = ChatNemoVLM(model=NANO12, base_url=nim_url, max_retries=0)
     assert (await llm.ainvoke("direct")).text.endswith("direct")
+
+
+async def test_a_proxy_named_without_a_scheme_is_taken_as_http_as_httpx_takes_it(
+    nim_server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ``http_proxy=host:port`` is common; httpx (the sync client) reads it as
+    # http://host:port. The emulator stands in for the proxy: the host behind it does
+    # not exist, so only a request sent through the proxy is answered (with the
+    # emulator's 404 for a proxied URL).
+    monkeypatch.setenv("HTTP_PROXY", nim_server.url.removeprefix("http://"))
+    llm = ChatNemoVLM(model=NANO12, base_url="http://nim.invalid/v1", max_retries=0)
+    with pytest.raises(RequestError) as sync_info:
+        await asyncio.to_thread(llm.invoke, "hi")
+    with pytest.raises(RequestError) as async_info:
+        await llm.ainvoke("hi")
+    assert sync_info.value.status_code == async_info.value.status_code == 404
 
 
 async def test_an_async_stream_goes_through_the_sdk_on_aiohttp(nim_url: str) -> None:
@@ -229,6 +339,28 @@ async def test_a_users_own_async_http_client_carries_the_requests(nim_url: str) 
     assert (await llm.ainvoke("mine")).text.endswith("mine")
     assert seen == [f"{nim_url}/chat/completions"]
     await own.aclose()
+
+
+def test_a_users_own_http_client_that_follows_no_redirect_is_honoured(nim_url: str) -> None:
+    # The SDK sends on a user's client as it is: a redirect it does not follow is the
+    # 307 status error, as ``openai.OpenAI(http_client=...)`` itself raises it.
+    import openai
+
+    headers = {"X-Emulator-Fault": "redirect"}
+    with openai.DefaultHttpxClient(follow_redirects=False) as own:
+        sdk = openai.OpenAI(
+            base_url=nim_url, api_key="not-used", max_retries=0, default_headers=headers,
+            http_client=own,
+        )  # fmt: skip
+        with pytest.raises(openai.APIStatusError) as reference:
+            sdk.chat.completions.create(model=NANO12, messages=[{"role": "user", "content": "hi"}])
+        llm = ChatNemoVLM(
+            model=NANO12, base_url=nim_url, max_retries=0, default_headers=headers,
+            http_client=own,
+        )  # fmt: skip
+        with pytest.raises(RequestError) as info:
+            llm.invoke("hi")
+    assert info.value.status_code == reference.value.status_code == 307
 
 
 def test_each_finished_event_loop_closes_its_client(

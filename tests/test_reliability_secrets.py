@@ -493,6 +493,16 @@ async def test_a_password_in_base_url_is_not_in_an_async_error_about_reaching_it
     assert hidden_leaks(everything_about(info.value)) == []
 
 
+async def test_an_async_redirect_loop_leaves_no_credential_in_the_error(nim_url: str) -> None:
+    # aiohttp's "too many redirects" keeps the request's headers (the key among them).
+    settings = with_credentials(nim_url, **{"X-Emulator-Fault": "redirect"})
+    settings["base_url"] = nim_url  # basic auth from a URL would replace the header
+    llm = ChatNemoVLM(**settings, max_retries=0)  # type: ignore[arg-type]
+    with pytest.raises(RequestError) as info:
+        await llm.ainvoke("hi")
+    assert hidden_leaks(everything_about(info.value)) == []
+
+
 async def test_credentials_in_headers_are_really_sent_by_an_async_call(nim_url: str) -> None:
     import httpx
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import email.utils
 import functools
 import importlib
@@ -46,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
+import pydantic
 
 from nemovlm import __version__
 from nemovlm.backends.nim_reply import ReplyBody
@@ -147,7 +149,9 @@ def _env_proxy(url: str) -> str | None:
     bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
     if not proxies or bypass(parts.hostname or "", proxies):
         return None
-    return proxies.get(parts.scheme) or proxies.get("all")
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    # ``host:port`` is an http proxy, as httpx reads it (``get_environment_proxies``).
+    return proxy if proxy is None or "://" in proxy else f"http://{proxy}"
 
 
 def _cert_env() -> tuple[str | None, str | None]:
@@ -178,8 +182,11 @@ def post_json(
     for attempt in range(retries + 1):
         left = retries - attempt
         try:
-            response = client.send(request, stream=True, follow_redirects=True)
-        except _sdk_transport_errors() as exc:
+            # Redirects as the client follows them, as the SDK sends: its own client
+            # follows them (``DefaultHttpxClient``), a user's as they set it.
+            response = client.send(request, stream=True)
+        except Exception as exc:  # noqa: BLE001 - as the SDK: no answer is its connection error
+            # A redirect loop or a user's event hook failing too, not only the transport.
             if left <= 0:
                 raise _transport_error(exc, endpoint.url) from exc
             _log_retry(pause := _backoff(retries, left), attempt, retries)
@@ -261,7 +268,17 @@ async def apost_json(
 
 
 def _dumps(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, allow_nan=False).encode()
+    return json.dumps(body, allow_nan=False, default=_json_default).encode()
+
+
+def _json_default(value: Any) -> Any:
+    """What the SDK's JSON encoder (``openai._utils._json``) also writes: a datetime as
+    ISO text, a pydantic model as its JSON (``extra_body`` may hold either)."""
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump(mode="json", exclude_unset=True, by_alias=True)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def _headers(endpoint: Endpoint, headers: Mapping[str, str]) -> Mapping[str, str]:
@@ -301,7 +318,10 @@ def _status_error(status: int, raw_headers: Any, content: bytes, url: str) -> An
         detail = error.get("message") if isinstance(error, dict) else None
         if isinstance(detail, str) and detail:
             message += f" - {detail}"
-    return openai_status_class(status)(message, response=mirrored, body=body)
+    # The SDK's error holds the server's error object, not the envelope round it, so
+    # its ``code``, ``type`` and ``param`` are the server's (``_make_status_error``).
+    data = body.get("error", body) if isinstance(body, dict) else body
+    return openai_status_class(status)(message, response=mirrored, body=data)
 
 
 def _read_error_body(response: Any, reply: ReplyBody) -> bytes:

@@ -31,7 +31,8 @@ Output flow:
 
 Test hooks: request headers ``X-Emulator-Fault``, ``X-Emulator-Fault-Times``,
 ``X-Emulator-Fault-Key``, ``X-Emulator-Retry-After`` (and ``X-Emulator-Should-Retry``,
-sent back as ``x-should-retry`` with a status fault), ``X-Emulator-Reasoning-Style``,
+sent back as ``x-should-retry`` with a status fault; fault ``redirect``: a 307 back to
+the same URL), ``X-Emulator-Reasoning-Style``,
 ``X-Emulator-Chunk-Size``; ``GET`` / ``DELETE /emulator/requests`` read and clear the
 record of the last requests (``app.state.requests``: chat completions and model
 listings, with whether a bearer key came but never the key).
@@ -210,6 +211,9 @@ _CONTENT_FAULTS = (
 # the body), as a server that hangs while generating does. ``inf`` waits until the
 # client hangs up, so a test of a client timeout does not race a finite wait.
 _TIMED_FAULTS = ("slow", "stall")
+# redirect: a 307 back to the same URL (a loop, unless X-Emulator-Fault-Times ends it),
+# as a gateway moving an endpoint does; the client re-sends the POST with its headers.
+_REDIRECT_FAULTS = ("redirect",)
 _TRICKLE_SECONDS = 0.02
 _TRICKLE_LIMIT_SECONDS = 600.0
 BROKEN_TOOL_ARGUMENTS = '{"city": "Par'
@@ -434,6 +438,8 @@ async def _chat_completions(request: Request) -> Response:
             await _wait_unless_disconnected(request, fault.seconds)
         elif fault is not None and fault.name in _STATUS_FAULTS:
             return _map_status_fault(request, fault.name)
+        elif fault is not None and fault.name in _REDIRECT_FAULTS:
+            return Response(status_code=307, headers={"location": str(request.url)})
         if not isinstance(body, dict):
             raise _BadRequest("The request body must be a JSON object.")
         assets = None
@@ -488,11 +494,16 @@ def _process_fault(request: Request) -> _Fault | None:
             raise _BadRequest(
                 f"X-Emulator-Fault {name!r}: write {timed}:<seconds>, e.g. {timed}:0.5."
             ) from None
-    elif name in _STATUS_FAULTS or name in _CONTENT_FAULTS:
+    elif name in _STATUS_FAULTS or name in _CONTENT_FAULTS or name in _REDIRECT_FAULTS:
         fault = _Fault(name)
     else:
         known = ", ".join(
-            [*_STATUS_FAULTS, *_CONTENT_FAULTS, *(f"{t}:<seconds>" for t in _TIMED_FAULTS)]
+            [
+                *_STATUS_FAULTS,
+                *_CONTENT_FAULTS,
+                *_REDIRECT_FAULTS,
+                *(f"{t}:<seconds>" for t in _TIMED_FAULTS),
+            ]
         )
         raise _BadRequest(f"Unknown X-Emulator-Fault {name!r}; use one of: {known}.")
     times = request.headers.get("x-emulator-fault-times")
