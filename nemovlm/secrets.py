@@ -133,16 +133,19 @@ def url_secrets(url: str | None) -> list[str]:
         password = parts.password
     except ValueError:
         return []
-    found = [password] if password else []
-    if password:
-        pair = f"{unquote(parts.username or '')}:{unquote(password)}"
+    # A user name with no password (``https://TOKEN@host``) is a token.
+    secret = password if password else parts.username
+    found = [secret] if secret else []
+    if secret:
+        pair = f"{unquote(parts.username or '')}:{unquote(password or '')}"
         found.append(base64.b64encode(pair.encode()).decode())
     found += [v for k, v in parse_qsl(parts.query) if v and is_secret_name(k)]
     return found
 
 
 def redact_url(url: str | None) -> str | None:
-    """``url`` with its password and secret query values replaced by ``REDACTED``."""
+    """``url`` with its password (a lone user name: the name) and secret query values
+    replaced by ``REDACTED``."""
     if not url or not url_secrets(url):
         return url
     parts = urlsplit(url)
@@ -151,6 +154,8 @@ def redact_url(url: str | None) -> str | None:
         userinfo, _, host = netloc.rpartition("@")
         user = userinfo.partition(":")[0]
         netloc = f"{user}:{REDACTED}@{host}"
+    elif parts.username:
+        netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
     query = "&".join(
         f"{quote(k, safe='')}={REDACTED if is_secret_name(k) else quote(v, safe='')}"
         for k, v in parse_qsl(parts.query, keep_blank_values=True)

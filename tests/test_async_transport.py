@@ -393,3 +393,47 @@ async def test_an_async_call_to_a_closed_port_says_the_server_could_not_be_reach
     llm = ChatNemoVLM(model=NANO12, base_url="http://127.0.0.1:9/v1", max_retries=0)
     with pytest.raises(RequestError, match="Could not reach the server"):
         await llm.ainvoke("hi")
+
+
+async def test_an_async_call_refuses_a_socks_proxy_from_the_environment_saying_what_to_do(
+    nim_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nemovlm.errors import UnsupportedInputError
+
+    monkeypatch.setenv("ALL_PROXY", "socks5://user:proxy-secret@127.0.0.1:9")
+    llm = ChatNemoVLM(model=NANO12, base_url=nim_url, max_retries=0)
+    with pytest.raises(UnsupportedInputError, match="http_async_client") as info:
+        await llm.ainvoke("hi")
+    assert "proxy-secret" not in str(info.value)
+
+
+async def test_an_error_page_that_is_not_json_says_what_the_server_said(nim_url: str) -> None:
+    # A proxy's HTML page: its text is the message, whole replies (sync, async) and streams.
+    llm = faulty(nim_url, "html_502")
+    failures = []
+    for call in (lambda: asyncio.to_thread(llm.invoke, "hi"), lambda: llm.ainvoke("hi")):
+        with pytest.raises(RequestError) as info:
+            await call()
+        failures.append(info.value)
+    with pytest.raises(RequestError) as streamed:
+        async for _ in llm.astream("hi"):
+            pass
+    for failure in [*failures, streamed.value]:
+        assert failure.status_code == 502
+        assert "502 Bad Gateway" in failure.server_message
+
+
+async def test_every_path_of_a_call_sends_the_same_user_agent(nim_url: str) -> None:
+    import httpx
+
+    from nemovlm import __version__
+
+    base = nim_url.removesuffix("/v1")
+    httpx.delete(f"{base}/emulator/requests")
+    llm = ChatNemoVLM(model=NANO12, base_url=nim_url)
+    await asyncio.to_thread(llm.invoke, "sync")
+    await llm.ainvoke("async")
+    await asyncio.to_thread(lambda: list(llm.stream("sync stream")))
+    _ = [c async for c in llm.astream("async stream")]
+    agents = {r["headers"].get("user-agent") for r in httpx.get(f"{base}/emulator/requests").json()}
+    assert agents == {f"nemovlm/{__version__}"}

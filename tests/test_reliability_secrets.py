@@ -580,3 +580,18 @@ def test_the_emulator_command_removes_its_tls_key_material_when_stopped(stop: st
             proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert not workdir.exists()
+
+
+async def test_a_token_given_as_the_user_name_of_base_url_is_kept_out_of_errors(
+    nim_url: str,
+) -> None:
+    # ``https://TOKEN@host``: sent as Basic auth with an empty password, echoed back.
+    token = "tok" + URL_PASSWORD
+    llm = ChatNemoVLM(
+        model=NANO12, base_url=nim_url.replace("http://", f"http://{token}@"), max_retries=0,
+        default_headers={"X-Emulator-Fault": "echo_key"},
+    )  # fmt: skip
+    with pytest.raises(RequestError) as info:
+        await llm.ainvoke("hi")
+    assert "the credential 'Basic **********' was refused" in str(info.value)
+    assert token not in repr(llm) and token not in str(everything_about(info.value))

@@ -38,6 +38,7 @@ from nemovlm.backends._loops import PerLoop, aclose, default_async_http_client
 from nemovlm.backends.assets import ahosted_call, hosted_call
 from nemovlm.backends.nim_errors import converted_errors
 from nemovlm.backends.nim_http import (
+    USER_AGENT,
     Endpoint,
     Pool,
     apost_json,
@@ -211,7 +212,8 @@ class NIMBackend:
             "api_key": key,
             "timeout": self.timeout,
             "max_retries": self.max_retries,
-            "default_headers": self.default_headers,
+            # One user agent for the whole model, whichever path a call takes.
+            "default_headers": {"User-Agent": USER_AGENT, **(self.default_headers or {})},
         }
 
     @property

@@ -111,7 +111,13 @@ def _converted(model: str, timeout: float | None, stream: StreamProgress | None)
         ) from exc
 
 
+_TEXT_LIMIT = 500
+"""Characters of a non-JSON error body kept in the message (a proxy's HTML page)."""
+
+
 def _server_message(exc: openai.APIStatusError) -> str:
+    """The server's own words: its JSON ``message`` (or FastAPI's ``detail``), else the
+    start of a body that is not JSON, else the SDK's "Error code: N"."""
     body = exc.body
     if isinstance(body, dict):
         err = body.get("error", body)
@@ -119,4 +125,10 @@ def _server_message(exc: openai.APIStatusError) -> str:
             return str(err["message"])
         if isinstance(body.get("message"), str):
             return str(body["message"])
+        if body.get("detail"):
+            detail = body["detail"]
+            return detail if isinstance(detail, str) else json.dumps(detail)[:_TEXT_LIMIT]
+    if isinstance(body, str) and body.strip():
+        text = " ".join(body.split())
+        return f"{exc.message}: {text[:_TEXT_LIMIT]}"
     return exc.message

@@ -51,13 +51,17 @@ import pydantic
 
 from nemovlm import __version__
 from nemovlm.backends.nim_reply import ReplyBody
-from nemovlm.errors import http_errors, openai_status_class
+from nemovlm.errors import UnsupportedInputError, http_errors, openai_status_class
+from nemovlm.secrets import redact_url
 
 if TYPE_CHECKING:
     import aiohttp
 
 log = logging.getLogger(__name__)
 
+USER_AGENT = f"nemovlm/{__version__}"
+"""Every NIM request's ``User-Agent`` (streams through the SDK too), unless
+``default_headers`` names another."""
 _INITIAL_RETRY_DELAY = 0.5
 _MAX_RETRY_DELAY = 8.0
 _MAX_RETRY_AFTER = 120.0
@@ -90,7 +94,7 @@ class Endpoint:
         headers = {
             "Accept": "application/json",
             "Content-Type": "application/json",
-            "User-Agent": f"nemovlm/{__version__}",
+            "User-Agent": USER_AGENT,
             "Authorization": f"Bearer {api_key}",
             **(default_headers or {}),
         }
@@ -120,12 +124,20 @@ def new_pool(url: str) -> Pool:
     (certifi, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``)."""
     import aiohttp
 
+    proxy = _env_proxy(url)
+    if proxy is not None and urlsplit(proxy).scheme not in ("http", "https"):
+        raise UnsupportedInputError(
+            f"The environment names the proxy {redact_url(proxy)} for {redact_url(url)}, "
+            "which async calls cannot use (only http:// and https:// proxies). Pass "
+            "http_async_client=httpx.AsyncClient(proxy=...) (with httpx[socks] for a SOCKS "
+            "proxy), or set NO_PROXY for this host."
+        )
     connector = aiohttp.TCPConnector(
         limit=_CONNECTIONS, keepalive_timeout=_KEEPALIVE, ssl=_ssl_context(*_cert_env())
     )
     # Not ``trust_env``: aiohttp would look up netrc and the proxy in a worker thread on
     # every request; the proxy is looked up once, here.
-    return Pool(aiohttp.ClientSession(connector=connector), _env_proxy(url))
+    return Pool(aiohttp.ClientSession(connector=connector), proxy)
 
 
 async def close_pool(pool: Pool) -> None:
@@ -412,5 +424,6 @@ def _backoff(retries: int, left: int) -> float:
 
 
 def _log_retry(seconds: float, attempt: int, retries: int) -> None:
-    # The SDK's own words, so a log filter written for it still matches.
+    # In openai 3.x's words, on this module's logger (``nemovlm.backends.nim_http``):
+    # whole replies are retried here, not by the SDK, so its ``OPENAI_LOG`` shows none.
     log.info("Retrying request in %f seconds (retry %i of %s)", seconds, attempt + 1, retries)

@@ -186,6 +186,8 @@ _STATUS_FAULTS = {
     "500": (500, "InternalServerError", "internal server error"),
     # A 401 whose message quotes the credential it refused, as some gateways do.
     "echo_key": (401, "AuthenticationError", "invalid credential"),
+    # A proxy's own error page in front of the server: HTML, not JSON.
+    "html_502": (502, "BadGateway", "a proxy's HTML error page"),
 }
 _CONTENT_FAULTS = (
     "break_stream",
@@ -520,6 +522,9 @@ def _process_fault(request: Request) -> _Fault | None:
 
 def _map_status_fault(request: Request, name: str) -> Response:
     status, kind, what = _STATUS_FAULTS[name]
+    if name == "html_502":
+        page = "<html><body><h1>502 Bad Gateway</h1><p>emulated proxy page</p></body></html>"
+        return Response(page, status_code=status, media_type="text/html")
     message = f"Emulated fault {name} ({what}), from X-Emulator-Fault."
     if name == "echo_key":
         sent = request.headers.get("authorization", "(none)")
