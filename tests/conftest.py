@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
+import loopback
 import pytest
 from hypothesis import settings
 
@@ -82,10 +82,10 @@ class WireLog:
         self.base = base
 
     def clear(self) -> None:
-        httpx.delete(f"{self.base}/emulator/requests").raise_for_status()
+        loopback.http.delete(f"{self.base}/emulator/requests").raise_for_status()
 
     def bodies(self) -> list[dict[str, Any]]:
-        records = httpx.get(f"{self.base}/emulator/requests").json()
+        records = loopback.http.get(f"{self.base}/emulator/requests").json()
         return [r["body"] for r in records if r["path"].endswith("/chat/completions")]
 
     def last(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
+import loopback
 import pytest
 
 ray = pytest.importorskip(
@@ -53,7 +53,7 @@ def local_ray() -> Iterator[None]:
 
 
 def prompts_received(nim: RunningServer) -> list[str]:
-    records = httpx.get(f"{nim.url}/emulator/requests").json()
+    records = loopback.http.get(f"{nim.url}/emulator/requests").json()
     texts = []
     for record in records:
         if record["path"].endswith("/chat/completions"):
@@ -67,7 +67,7 @@ def predict(
 ) -> list[dict[str, Any]]:
     # One actor unless a test is about several: each is a fresh process importing Ray
     # and nemovlm, the most expensive part of these tests.
-    httpx.delete(f"{nim.url}/emulator/requests").raise_for_status()
+    loopback.http.delete(f"{nim.url}/emulator/requests").raise_for_status()
     kwargs = {"model": NANO_12B, "base_url": nim.url + "/v1", **settings}
     return dataset.map_batches(  # type: ignore[no-any-return]
         NemoVLMPredictor,
