@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,6 +34,15 @@ SHARED = {
     "test_ray.py": "ray",
     "test_cookbooks.py": "ray",
 }
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Started in the background by a script (``cmd &``), this process ignores Ctrl-C and
+    # every child it starts would too: the tests that stop the emulator or a batch with
+    # SIGINT would then wait in vain. A handler of our own is reset to the default in
+    # each child.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
