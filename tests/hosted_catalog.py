@@ -6,7 +6,7 @@ import base64
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
+import loopback
 import pytest
 
 from nemovlm.emulator import start_nim_emulator
@@ -42,13 +42,13 @@ class Catalog:
 
     def live(self, wait_empty: float | None = None) -> list[dict[str, Any]]:
         params = {"wait_empty": str(wait_empty)} if wait_empty is not None else {}
-        response = httpx.get(f"{self.url}/emulator/assets", params=params, timeout=30)
+        response = loopback.http.get(f"{self.url}/emulator/assets", params=params, timeout=30)
         response.raise_for_status()
         assets: list[dict[str, Any]] = response.json()
         return assets
 
     def records(self) -> list[dict[str, Any]]:
-        records: list[dict[str, Any]] = httpx.get(f"{self.url}/emulator/requests").json()
+        records: list[dict[str, Any]] = loopback.http.get(f"{self.url}/emulator/requests").json()
         return records
 
     def calls(self) -> list[tuple[str, str]]:
@@ -77,27 +77,28 @@ class Catalog:
         return chats[-1]
 
     def clear(self) -> None:
-        httpx.delete(f"{self.url}/emulator/requests").raise_for_status()
-        httpx.delete(f"{self.url}/emulator/hold").raise_for_status()
-        httpx.post(f"{self.url}/emulator/assets/barrier", json={"uploads": 0}).raise_for_status()
+        loopback.http.delete(f"{self.url}/emulator/requests").raise_for_status()
+        loopback.http.delete(f"{self.url}/emulator/hold").raise_for_status()
+        barrier = loopback.http.post(f"{self.url}/emulator/assets/barrier", json={"uploads": 0})
+        barrier.raise_for_status()
 
     def fail(self, step: str, status: int = 500, times: int = 1) -> None:
-        httpx.post(
+        loopback.http.post(
             f"{self.url}/emulator/assets/fail",
             json={"step": step, "status": status, "times": times},
         ).raise_for_status()
 
     def barrier(self, uploads: int) -> None:
-        httpx.post(
+        loopback.http.post(
             f"{self.url}/emulator/assets/barrier", json={"uploads": uploads}
         ).raise_for_status()
 
     def most_uploading(self) -> int:
-        stats: dict[str, int] = httpx.get(f"{self.url}/emulator/assets/stats").json()
+        stats: dict[str, int] = loopback.http.get(f"{self.url}/emulator/assets/stats").json()
         return stats["most_uploading"]
 
     def wait_uploading(self, count: int = 1) -> int:
-        stats: dict[str, int] = httpx.get(
+        stats: dict[str, int] = loopback.http.get(
             f"{self.url}/emulator/assets/stats",
             params={"wait_uploading": str(count)},
             timeout=30,
@@ -105,19 +106,20 @@ class Catalog:
         return stats["uploading"]
 
     def hold(self) -> None:
-        httpx.post(f"{self.url}/emulator/hold").raise_for_status()
+        loopback.http.post(f"{self.url}/emulator/hold").raise_for_status()
 
     def wait_held(self) -> int:
-        held: int = httpx.get(
+        held: int = loopback.http.get(
             f"{self.url}/emulator/hold", params={"timeout": "20"}, timeout=30
         ).json()["held"]
         return held
 
     def release(self) -> None:
-        httpx.delete(f"{self.url}/emulator/hold").raise_for_status()
+        loopback.http.delete(f"{self.url}/emulator/hold").raise_for_status()
 
     def advance(self, seconds: float) -> None:
-        httpx.post(f"{self.url}/emulator/clock", json={"advance": seconds}).raise_for_status()
+        moved = loopback.http.post(f"{self.url}/emulator/clock", json={"advance": seconds})
+        moved.raise_for_status()
 
 
 def asset_ids(chat: dict[str, Any]) -> list[str]:

@@ -28,7 +28,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
+import loopback
 import pytest
 from hosted_catalog import KEY, PHOTO, PHOTO_B, Catalog, asset_ids, catalog, catalog_server
 
@@ -58,10 +58,10 @@ class Emulator:
         self.base_url = server.url + "/v1"
 
     def clear(self) -> None:
-        httpx.delete(f"{self.server.url}/emulator/requests").raise_for_status()
+        loopback.http.delete(f"{self.server.url}/emulator/requests").raise_for_status()
 
     def bodies(self) -> list[dict[str, Any]]:
-        records = httpx.get(f"{self.server.url}/emulator/requests").json()
+        records = loopback.http.get(f"{self.server.url}/emulator/requests").json()
         return [r["body"] for r in records if r["path"].endswith("/chat/completions")]
 
     def prompts(self) -> list[str]:

@@ -1,9 +1,14 @@
 """The cookbooks run offline, top to bottom, and show what they promise.
 
-Each cookbook runs as its users run it (``python cookbooks/NN_x.py``) in a subprocess
-without keys, so it talks to the emulator. They start together, since most of their
-time is imports. The last tests pin the promise cookbook 07 makes for Ray: a model
-that has already made a call pickles, and a separate process rebuilds its clients.
+Each cookbook runs as its users run it (``python cookbooks/NN_x.py``) in a process of
+its own without keys, so it talks to the emulator. Most of a cookbook's time is
+importing LangChain and LlamaIndex, so one fresh interpreter imports them once and
+forks a child per cookbook, which runs it as ``__main__`` with the script's ``argv``
+and ``sys.path`` (as a notebook kernel with those libraries loaded would); they run
+together. Cookbook 06 (with a NIM of the user's own) and 01 (in
+``test_hosted_emulator_cli.py``) also run in an interpreter of their own. The last tests
+pin the promise cookbook 07 makes for Ray: a model that has already made a call
+pickles, and a separate process rebuilds its clients.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import base64
 import os
 import pickle
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -43,43 +49,76 @@ def _offline_env(**extra: str) -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
 
+# Run with the cookbooks folder and an output folder, then the scripts' names. Prints
+# "<script> <exit code>" as each child ends. Forking is safe here: the imports start no
+# thread (checked), and each child gets the interpreter as it was after them.
+FORK_SERVER = """
+import os, runpy, signal, sys, threading
+import langchain_core.language_models, langchain_core.messages, langchain_core.tools
+import llama_index.core, llama_index.core.llms
+import langchain_nemovlm, llama_index_nemovlm, llama_index.llms.nemovlm
+import nemovlm.emulator, nemovlm.emulator.fal, nemovlm.samples
+import openai, fal_client, aiohttp, httpx, uvicorn, trustme, PIL.Image
+import langchain.agents, llama_index.core.agent.workflow
+assert threading.active_count() == 1, threading.enumerate()
+folder, out, timeout, names = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+children = {}
+for name in names:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(timeout)  # a hung cookbook ends with SIGALRM, its exit code -14
+        for fd, suffix in ((1, ".out"), (2, ".err")):
+            file = os.open(os.path.join(out, name + suffix), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(file, fd)
+            os.close(file)
+        sys.argv[:] = [os.path.join(folder, name)]
+        sys.path[0] = folder
+        runpy.run_path(sys.argv[0], run_name="__main__")
+        sys.exit(0)  # then exits as the interpreter would: atexit handlers run
+    children[pid] = name
+while children:
+    pid, status = os.wait()
+    print(children.pop(pid), os.waitstatus_to_exitcode(status), flush=True)
+"""
+
+
 class _Runs:
     """Every cookbook started at once on first use; ``output`` waits for one."""
 
-    def __init__(self) -> None:
-        self.procs: dict[str, subprocess.Popen[str]] = {}
-        self.outputs: dict[str, str] = {}
-
-    def start(self) -> None:
-        for name in SCRIPTS:
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, str(COOKBOOKS / name)],
-                cwd=COOKBOOKS.parent,
-                env=_offline_env(),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.codes: dict[str, int] = {}
+        self.server = subprocess.Popen(
+            [sys.executable, "-c", FORK_SERVER, str(COOKBOOKS), str(out), str(TIMEOUT), *SCRIPTS],
+            cwd=COOKBOOKS.parent,
+            env=_offline_env(),
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its children too can be stopped as one group
+        )
 
     def output(self, name: str) -> str:
-        if name not in self.outputs:
-            stdout, stderr = self.procs[name].communicate(timeout=TIMEOUT)
-            code = self.procs[name].returncode
-            assert code == 0, f"{name} exited with {code}:\n{stderr[-4000:]}"
-            self.outputs[name] = stdout
-        return self.outputs[name]
+        assert self.server.stdout is not None
+        while name not in self.codes:
+            line = self.server.stdout.readline()
+            assert line, f"the cookbook runner ended before {name}: {self.server.wait()}"
+            script, code = line.split()
+            self.codes[script] = int(code)
+        stderr = (self.out / f"{name}.err").read_text()
+        assert self.codes[name] == 0, f"{name} exited with {self.codes[name]}:\n{stderr[-4000:]}"
+        return (self.out / f"{name}.out").read_text()
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+        if self.server.poll() is None:  # a test failed before every cookbook ended
+            os.killpg(self.server.pid, signal.SIGKILL)
+        self.server.communicate()
 
 
 @pytest.fixture(scope="module")
-def runs() -> Iterator[_Runs]:
-    started = _Runs()
-    started.start()
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Runs]:
+    started = _Runs(tmp_path_factory.mktemp("cookbooks"))
     yield started
     started.stop()
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
+import loopback
 import pytest
 
 ray = pytest.importorskip(
@@ -53,7 +53,7 @@ def local_ray() -> Iterator[None]:
 
 
 def prompts_received(nim: RunningServer) -> list[str]:
-    records = httpx.get(f"{nim.url}/emulator/requests").json()
+    records = loopback.http.get(f"{nim.url}/emulator/requests").json()
     texts = []
     for record in records:
         if record["path"].endswith("/chat/completions"):
@@ -62,13 +62,17 @@ def prompts_received(nim: RunningServer) -> list[str]:
     return texts
 
 
-def predict(dataset: Any, nim: RunningServer, **settings: Any) -> list[dict[str, Any]]:
-    httpx.delete(f"{nim.url}/emulator/requests").raise_for_status()
+def predict(
+    dataset: Any, nim: RunningServer, actors: int = 1, **settings: Any
+) -> list[dict[str, Any]]:
+    # One actor unless a test is about several: each is a fresh process importing Ray
+    # and nemovlm, the most expensive part of these tests.
+    loopback.http.delete(f"{nim.url}/emulator/requests").raise_for_status()
     kwargs = {"model": NANO_12B, "base_url": nim.url + "/v1", **settings}
     return dataset.map_batches(  # type: ignore[no-any-return]
         NemoVLMPredictor,
         fn_constructor_kwargs=kwargs,
-        compute=ray.data.ActorPoolStrategy(size=2),
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=0.5,  # or two actors hold both CPUs and the read tasks never run
         batch_size=4,
     ).take_all()
@@ -83,7 +87,7 @@ def test_every_row_of_bytes_is_answered_and_a_bad_row_gets_an_error(
     ]
     items.append({"id": "bad", "image": b"not an image", "prompt": "never sent"})
 
-    rows = {r["id"]: r for r in predict(ray.data.from_items(items), nim)}
+    rows = {r["id"]: r for r in predict(ray.data.from_items(items), nim, actors=2)}
 
     assert set(rows) == {item["id"] for item in items}
     assert sorted(prompts_received(nim)) == sorted(f"caption #{i}" for i in range(9))

@@ -23,7 +23,7 @@ Test hooks (``/emulator/...``, never on the real catalog):
   ``POST /emulator/assets/fail``    ``{"step": "create"|"upload"|"delete", "status": 500,
                                     "times": 1}``: the next such calls fail
   ``POST /emulator/assets/barrier`` ``{"uploads": N}``: each presigned PUT waits until N
-                                    are in flight at once (10 s at most); ``GET
+                                    have been in flight at once (10 s at most); ``GET
                                     /emulator/assets/stats`` says the most there were
                                     (``?wait_uploading=N``: once N are in flight)
   ``POST /emulator/assets/latency`` ``{"seconds": S}``: every create, presigned PUT and
@@ -294,12 +294,15 @@ async def _put_asset(request: Request) -> Response:
     try:
         await asyncio.sleep(state.latency)
         if state.barrier:
-            # Waits until that many uploads are in flight at once (or 10 s pass).
+            # Waits until that many uploads have been in flight at once (or 10 s pass).
+            # Not "are in flight": the first to see the count met finishes and leaves, so
+            # the others, woken after it, would see one fewer and wait out the 10 s.
             await state.notify()
             async with state.condition():
                 try:
                     await asyncio.wait_for(
-                        state.condition().wait_for(lambda: state.uploading >= state.barrier), 10
+                        state.condition().wait_for(lambda: state.most_uploading >= state.barrier),
+                        10,
                     )
                 except asyncio.TimeoutError:
                     pass
