@@ -15,6 +15,7 @@ import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -437,3 +438,36 @@ async def test_every_path_of_a_call_sends_the_same_user_agent(nim_url: str) -> N
     _ = [c async for c in llm.astream("async stream")]
     agents = {r["headers"].get("user-agent") for r in httpx.get(f"{base}/emulator/requests").json()}
     assert agents == {f"nemovlm/{__version__}"}
+
+
+def test_whole_replies_and_streams_trust_the_cas_ssl_cert_file_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One TLS context is shared by every client the package makes: it must still follow
+    # SSL_CERT_FILE as it is when a model's clients are made.
+    import trustme
+
+    from nemovlm.emulator import create_nim_app
+    from nemovlm.emulator.server import RunningServer
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile, bundle = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "ca.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    ca.cert_pem.write_to_path(str(bundle))
+    with RunningServer(create_nim_app(), certfile=certfile, keyfile=keyfile) as server:
+        url = f"{server.url}/v1"
+
+        def model() -> ChatNemoVLM:
+            return ChatNemoVLM(model=NANO12, base_url=url, max_retries=0)
+
+        with pytest.raises(RequestError, match="CERTIFICATE_VERIFY_FAILED"):
+            model().invoke("an unknown CA")
+        with pytest.raises(RequestError, match="CERTIFICATE_VERIFY_FAILED"):
+            asyncio.run(model().ainvoke("an unknown CA"))
+        monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+        llm = model()
+        assert llm.invoke("sync").text.endswith("sync")
+        assert asyncio.run(llm.ainvoke("async")).text.endswith("async")
+        assert "".join(str(c.content) for c in llm.stream("stream")).endswith("stream")

@@ -35,10 +35,13 @@ def default_async_http_client() -> Any:
     """
     import openai
 
+    from nemovlm.backends.nim_http import shared_ssl_context
+
+    verify = shared_ssl_context()
     try:
-        return openai.DefaultAioHttpClient()
+        return openai.DefaultAioHttpClient(verify=verify)
     except (AttributeError, RuntimeError):  # no aiohttp extra: the SDK's default transport
-        return openai.DefaultAsyncHttpxClient()
+        return openai.DefaultAsyncHttpxClient(verify=verify)
 
 
 def unreachable(exc: BaseException) -> BaseException | None:

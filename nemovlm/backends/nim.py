@@ -23,6 +23,7 @@ request machinery was most of a call's CPU at many requests in flight (scenario 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
@@ -45,6 +46,7 @@ from nemovlm.backends.nim_http import (
     close_pool,
     new_pool,
     post_json,
+    shared_ssl_context,
 )
 from nemovlm.backends.nim_reply import (
     ReplyBody,
@@ -221,7 +223,8 @@ class NIMBackend:
         if self._client is None:
             import openai
 
-            self._client = openai.OpenAI(**self._client_kwargs(), http_client=self.http_client)
+            http_client = self.http_client or openai.DefaultHttpxClient(verify=shared_ssl_context())
+            self._client = openai.OpenAI(**self._client_kwargs(), http_client=http_client)
         return self._client
 
     @property
@@ -360,12 +363,16 @@ class NIMBackend:
         )
 
     def _ahosted(self, prepared: PreparedConversation) -> _AHosted:
+        if self.hosted is None:
+            # Nothing to do off the catalog; an async generator entered and left per
+            # call costs more than a whole-reply call's own work here (scenario 4).
+            return contextlib.nullcontext((prepared, {}))
         return ahosted_call(
             prepared,
             settings=self.hosted,
             profile=self.profile,
             api_key=self.api_key,
-            client=self.async_client._client if self.hosted else None,
+            client=self.async_client._client,
             timeout=self.timeout,
             secrets=self._secrets,
         )

@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import random
+import ssl
 import time
 import urllib.request
 from collections.abc import Mapping
@@ -133,7 +134,7 @@ def new_pool(url: str) -> Pool:
             "proxy), or set NO_PROXY for this host."
         )
     connector = aiohttp.TCPConnector(
-        limit=_CONNECTIONS, keepalive_timeout=_KEEPALIVE, ssl=_ssl_context(*_cert_env())
+        limit=_CONNECTIONS, keepalive_timeout=_KEEPALIVE, ssl=shared_ssl_context()
     )
     # Not ``trust_env``: aiohttp would look up netrc and the proxy in a worker thread on
     # every request; the proxy is looked up once, here.
@@ -166,14 +167,16 @@ def _env_proxy(url: str) -> str | None:
     return proxy if proxy is None or "://" in proxy else f"http://{proxy}"
 
 
-def _cert_env() -> tuple[str | None, str | None]:
-    return os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+def shared_ssl_context() -> ssl.SSLContext:
+    """One TLS context for every client the package makes (the CAs httpx trusts:
+    certifi, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``, as they are set now). Building
+    one loads the CA bundle, about 28 ms: once, not per model and per event loop."""
+    return _ssl_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
 
 
 @functools.lru_cache(maxsize=4)
-def _ssl_context(cert_file: str | None, cert_dir: str | None) -> Any:
-    # httpx's own context (certifi, or SSL_CERT_FILE / SSL_CERT_DIR): the CAs trusted are
-    # those the SDK's client trusts. Cached: loading the bundle costs milliseconds.
+def _ssl_context(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    # Keyed by the variables, so a changed SSL_CERT_FILE gets its own context.
     return httpx.create_ssl_context(trust_env=True)
 
 
