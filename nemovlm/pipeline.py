@@ -110,11 +110,7 @@ def prepare(
                 f"A {turn.role} message cannot carry {turn.media[0].describe()}: put images "
                 "and videos in a user message (or a tool result)."
             )
-    policy = policy or MediaPolicy()
-    if options.max_num_tiles and profile.tile_size and policy.max_image_pixels is None:
-        # More tiles asked for: the model can use more pixels, so send them.
-        tiles = max(options.max_num_tiles, profile.max_tiles or 0)
-        policy = replace(policy, max_image_pixels=profile.tile_size**2 * tiles)
+    policy = _media_policy(options, profile, policy)
     work = list(turns)
 
     prompt_tools = profile.tools == "prompt" and bool(options.tools)
@@ -174,11 +170,24 @@ async def aprepare(
     prepared in a worker thread (``nemovlm.media.run_off_loop``), so one large photo or
     slow host does not stall the event loop; cancelling the call stops that work where
     it can."""
-    checked = policy or MediaPolicy()
+    # The policy ``prepare`` will use: an image cached for other settings is decoded again.
+    checked = _media_policy(options, profile, policy)
     media = (p for t in turns for p in t.parts if isinstance(p, MediaPart))
     if any(needs_work(p, profile, checked) for p in media):
         return await run_off_loop(prepare, turns, options, profile, policy, stream=stream)
     return prepare(turns, options, profile, policy, stream=stream)
+
+
+def _media_policy(
+    options: RequestOptions, profile: ModelProfile, policy: MediaPolicy | None
+) -> MediaPolicy:
+    """The media policy a request is prepared with."""
+    policy = policy or MediaPolicy()
+    if options.max_num_tiles and profile.tile_size and policy.max_image_pixels is None:
+        # More tiles asked for: the model can use more pixels, so send them.
+        tiles = max(options.max_num_tiles, profile.max_tiles or 0)
+        policy = replace(policy, max_image_pixels=profile.tile_size**2 * tiles)
+    return policy
 
 
 def _map_tool_media(turns: list[Turn], profile: ModelProfile) -> list[Turn]:

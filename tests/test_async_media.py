@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import sys
+from types import FrameType
 
 from PIL import Image
 
 from nemovlm.backends.nim import NIMBackend
 from nemovlm.media import MediaPolicy
+from nemovlm.media.sources import to_data_url
 from nemovlm.messages import MediaPart, TextPart, Turn
 from nemovlm.options import RequestOptions
 from nemovlm.profiles import get_profile
@@ -55,3 +59,28 @@ async def test_a_url_fetched_for_an_async_call_is_fetched_off_the_event_loop(
     async with server:
         reply = await backend.acomplete(turns, RequestOptions())
     assert reply.text.startswith("[nemovlm emulator]")
+
+
+async def test_an_image_sent_before_is_prepared_again_off_the_event_loop_for_more_tiles(
+    nim_url: str,
+) -> None:
+    # The image is cached as prepared for the model's own pixel budget; more tiles ask
+    # for a bigger budget, so it is decoded again, and that must not run on the loop.
+    # Pillow's Python functions called on this (the loop's) thread are what did it.
+    url = to_data_url(make_image(67, 41), "image/png")
+    turns = [Turn("user", [TextPart("What is it?"), MediaPart("image", url=url)])]
+    backend = NIMBackend(get_profile(NANO12), base_url=nim_url, max_retries=0)
+    await backend.acomplete(turns, RequestOptions())
+    pillow_on_loop: list[str] = []
+
+    def watch(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call" and f"{os.sep}PIL{os.sep}" in frame.f_code.co_filename:
+            pillow_on_loop.append(frame.f_code.co_name)
+
+    sys.setprofile(watch)
+    try:
+        reply = await backend.acomplete(turns, RequestOptions(max_num_tiles=24))
+    finally:
+        sys.setprofile(None)
+    assert reply.text.startswith("[nemovlm emulator]")
+    assert pillow_on_loop == []
