@@ -421,7 +421,7 @@ async def test_an_error_page_that_is_not_json_says_what_the_server_said(nim_url:
             pass
     for failure in [*failures, streamed.value]:
         assert failure.status_code == 502
-        assert "502 Bad Gateway" in failure.server_message
+        assert failure.server_message.count("502 Bad Gateway") == 1  # once, on any SDK
 
 
 async def test_every_path_of_a_call_sends_the_same_user_agent(nim_url: str) -> None:

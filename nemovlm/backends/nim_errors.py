@@ -156,6 +156,7 @@ def _server_message(exc: openai.APIStatusError) -> str:
             detail = body["detail"]
             return detail if isinstance(detail, str) else json.dumps(detail)[:_TEXT_LIMIT]
     if isinstance(body, str) and body.strip():
+        # Not ``exc.message``: before openai 3 the SDK made the whole page its message.
         text = " ".join(body.split())
-        return f"{exc.message}: {text[:_TEXT_LIMIT]}"
+        return f"Error code: {exc.status_code}: {text[:_TEXT_LIMIT]}"
     return exc.message
