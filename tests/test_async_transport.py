@@ -14,6 +14,7 @@ import gc
 import logging
 import re
 import uuid
+import warnings
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -373,6 +374,19 @@ def test_each_finished_event_loop_closes_its_client(
             assert asyncio.run(llm.ainvoke(f"loop {i}")).text.endswith(f"loop {i}")
             gc.collect()  # an unclosed aiohttp session logs "Unclosed client session" here
     assert not [r for r in caplog.records if "Unclosed" in r.getMessage()]
+
+
+def test_a_dropped_model_closes_the_connections_of_its_sync_client(nim_url: str) -> None:
+    # As the SDK's own client does when dropped: a socket left to the garbage collector
+    # warns "unclosed <socket ...>" (a ResourceWarning, shown under python -X dev).
+    def one_call() -> None:
+        assert ChatNemoVLM(model=NANO12, base_url=nim_url).invoke("sync").text
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        one_call()
+        gc.collect()
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
 
 
 def test_a_loop_closed_without_shutting_down_still_closes_its_client(

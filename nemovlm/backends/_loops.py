@@ -15,11 +15,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+
+def default_http_client() -> Any:
+    """The SDK's default sync HTTP client (``openai.DefaultHttpxClient``) on the shared
+    TLS context, closed when it is dropped, as the SDK closes the one it makes itself:
+    ``openai.OpenAI`` leaves a client it is given to its owner."""
+    import openai
+
+    from nemovlm.backends.nim_http import shared_ssl_context
+
+    return _closed_when_dropped(openai.DefaultHttpxClient)(verify=shared_ssl_context())
+
+
+@functools.cache
+def _closed_when_dropped(base: type[Any]) -> type[Any]:
+    class ClosedWhenDropped(base):  # type: ignore[misc, valid-type]
+        def __del__(self) -> None:
+            if not self.is_closed:
+                with contextlib.suppress(Exception):
+                    self.close()
+
+    return ClosedWhenDropped
 
 
 def default_async_http_client() -> Any:

@@ -35,7 +35,12 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import SecretStr
 
-from nemovlm.backends._loops import PerLoop, aclose, default_async_http_client
+from nemovlm.backends._loops import (
+    PerLoop,
+    aclose,
+    default_async_http_client,
+    default_http_client,
+)
 from nemovlm.backends.assets import ahosted_call, hosted_call
 from nemovlm.backends.nim_errors import converted_errors
 from nemovlm.backends.nim_http import (
@@ -46,7 +51,6 @@ from nemovlm.backends.nim_http import (
     close_pool,
     new_pool,
     post_json,
-    shared_ssl_context,
 )
 from nemovlm.backends.nim_reply import (
     ReplyBody,
@@ -223,7 +227,7 @@ class NIMBackend:
         if self._client is None:
             import openai
 
-            http_client = self.http_client or openai.DefaultHttpxClient(verify=shared_ssl_context())
+            http_client = self.http_client or default_http_client()
             self._client = openai.OpenAI(**self._client_kwargs(), http_client=http_client)
         return self._client
 
