@@ -90,20 +90,27 @@ class _Runs:
     def __init__(self, out: Path) -> None:
         self.out = out
         self.codes: dict[str, int] = {}
-        self.server = subprocess.Popen(
-            [sys.executable, "-c", FORK_SERVER, str(COOKBOOKS), str(out), str(TIMEOUT), *SCRIPTS],
-            cwd=COOKBOOKS.parent,
-            env=_offline_env(),
-            stdout=subprocess.PIPE,
-            text=True,
-            start_new_session=True,  # its children too can be stopped as one group
-        )
+        with open(out / "runner.err", "w") as errors:  # why the runner itself failed
+            self.server = subprocess.Popen(
+                [sys.executable, "-c", FORK_SERVER, str(COOKBOOKS), str(out), str(TIMEOUT),
+                 *SCRIPTS],
+                cwd=COOKBOOKS.parent,
+                env=_offline_env(),
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                text=True,
+                start_new_session=True,  # its children too can be stopped as one group
+            )  # fmt: skip
 
     def output(self, name: str) -> str:
         assert self.server.stdout is not None
         while name not in self.codes:
             line = self.server.stdout.readline()
-            assert line, f"the cookbook runner ended before {name}: {self.server.wait()}"
+            if not line:
+                errors = (self.out / "runner.err").read_text()[-4000:]
+                pytest.fail(
+                    f"the cookbook runner ended ({self.server.wait()}) before {name}:\n{errors}"
+                )
             script, code = line.split()
             self.codes[script] = int(code)
         stderr = (self.out / f"{name}.err").read_text()
