@@ -24,6 +24,7 @@ from typing_extensions import assert_never
 
 from nemovlm.errors import UnsupportedInputError
 from nemovlm.media import MediaPolicy, PreparedMedia, needs_work, prepare_media, run_off_loop
+from nemovlm.media.cache import NotCached, lookups_only
 from nemovlm.messages import (
     Delta,
     InvalidToolCall,
@@ -173,9 +174,13 @@ async def aprepare(
     # The policy ``prepare`` will use: an image cached for other settings is decoded again.
     checked = _media_policy(options, profile, policy)
     media = (p for t in turns for p in t.parts if isinstance(p, MediaPart))
-    if any(needs_work(p, profile, checked) for p in media):
-        return await run_off_loop(prepare, turns, options, profile, policy, stream=stream)
-    return prepare(turns, options, profile, policy, stream=stream)
+    if not any(needs_work(p, profile, checked) for p in media):
+        try:
+            with lookups_only():  # a miss raises rather than decode on the loop
+                return prepare(turns, options, profile, policy, stream=stream)
+        except NotCached:
+            pass  # evicted since the check, by another thread's work
+    return await run_off_loop(prepare, turns, options, profile, policy, stream=stream)
 
 
 def _media_policy(

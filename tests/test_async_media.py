@@ -9,6 +9,7 @@ import os
 import sys
 from types import FrameType
 
+import pytest
 from PIL import Image
 
 from nemovlm.backends.nim import NIMBackend
@@ -84,3 +85,23 @@ async def test_an_image_sent_before_is_prepared_again_off_the_event_loop_for_mor
         sys.setprofile(None)
     assert reply.text.startswith("[nemovlm emulator]")
     assert pillow_on_loop == []
+
+
+def test_inside_lookups_only_a_cache_miss_raises_instead_of_decoding() -> None:
+    # What keeps a cached image's on-loop preparation a lookup even when another thread
+    # evicts it between the check and the use: the miss raises, and aprepare goes to a
+    # worker thread instead.
+    from nemovlm.media import cache_info, prepare_media
+    from nemovlm.media.cache import NotCached, lookups_only
+
+    url = to_data_url(make_image(73, 29, text="lookups only"), "image/png")
+    part = MediaPart("image", url=url)
+    profile = get_profile(NANO12)
+    decodes = cache_info().decodes
+    with lookups_only(), pytest.raises(NotCached):
+        prepare_media(part, profile)
+    assert cache_info().decodes == decodes
+    prepared = prepare_media(part, profile)  # outside the block: decoded once
+    assert cache_info().decodes == decodes + 1
+    with lookups_only():
+        assert prepare_media(part, profile) is prepared

@@ -289,8 +289,13 @@ def _converted(model: str, timeout: float | None, tracker: QueueTracker) -> Iter
             what = f"request id {request_id}; it was cancelled on fal's queue"
         else:
             what = "fal had not acknowledged the request yet, so nothing was cancelled"
-            if tracker.cancel is not None or tracker.late_cancel:
+            if tracker.cancel is not None:
                 what += "; if fal queues it after all, it is cancelled as soon as fal says so"
+            elif tracker.late_cancel:
+                what += (
+                    "; if fal queues it after all, it is cancelled as soon as fal says so, "
+                    "provided this event loop is still running then"
+                )
         raise RequestTimeoutError(
             f"{model} on fal did not finish within timeout={timeout} s ({what}): raise "
             "the model's `timeout` setting, or set it to None to wait as long as it takes."

@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,6 +33,26 @@ def content_key(data: bytes) -> tuple[str, bytes, int]:
     return ("bytes", hashlib.blake2b(data, digest_size=20).digest(), len(data))
 
 
+class NotCached(Exception):
+    """A lookup inside ``lookups_only()`` missed: what it needs must be decoded, which
+    an async caller does in a worker thread, not on its event loop."""
+
+
+_LOOKUP_ONLY: ContextVar[bool] = ContextVar("nemovlm_media_lookup_only", default=False)
+
+
+@contextmanager
+def lookups_only() -> Iterator[None]:
+    """Within this block the caches only answer from what they hold: a miss raises
+    ``NotCached`` instead of decoding (another thread may evict an entry between a
+    check and its use)."""
+    token = _LOOKUP_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _LOOKUP_ONLY.reset(token)
+
+
 class _DataUrlMemo:
     """Data URLs checked before, by the URL string itself -> (MIME type, digest).
 
@@ -52,7 +74,9 @@ class _DataUrlMemo:
             found = self._items.get(url)
             if found is not None:
                 self._items.move_to_end(url)
-            return found
+        if found is None and _LOOKUP_ONLY.get():
+            raise NotCached(url[:40])
+        return found
 
     def put(self, url: str, value: tuple[str | None, Hashable]) -> None:
         if len(url) > self.max_chars:
@@ -93,6 +117,8 @@ class _ImageCache:
                 self._items.move_to_end(key)
                 self.hits += 1
                 return found
+            if _LOOKUP_ONLY.get():
+                raise NotCached(repr(key)[:80])
             self.misses += 1
         # Made outside the lock: two threads may prepare the same image once each,
         # which is cheaper than serialising every decode.
