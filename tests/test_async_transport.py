@@ -459,17 +459,12 @@ def test_whole_replies_and_streams_trust_the_cas_ssl_cert_file_names(
 ) -> None:
     # One TLS context is shared by every client the package makes: it must still follow
     # SSL_CERT_FILE as it is when a model's clients are made.
-    import trustme
+    from loopback import tls_files
 
     from nemovlm.emulator import create_nim_app
     from nemovlm.emulator.server import RunningServer
 
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    certfile, keyfile, bundle = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "ca.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
-    cert.private_key_pem.write_to_path(str(keyfile))
-    ca.cert_pem.write_to_path(str(bundle))
+    certfile, keyfile, bundle = tls_files(tmp_path, "127.0.0.1")
     with RunningServer(create_nim_app(), certfile=certfile, keyfile=keyfile) as server:
         url = f"{server.url}/v1"
 

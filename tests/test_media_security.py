@@ -252,13 +252,9 @@ def test_an_allow_listed_host_name_is_fetched_and_connected_to_as_checked(
 def test_an_https_host_connected_to_as_checked_still_has_its_certificate_verified(
     names: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    cert = ca.issue_cert("media.internal")
-    certfile, keyfile, bundle = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "ca.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
-    cert.private_key_pem.write_to_path(str(keyfile))
-    ca.cert_pem.write_to_path(str(bundle))
+    from loopback import tls_files
+
+    certfile, keyfile, bundle = tls_files(tmp_path, "media.internal")
     monkeypatch.setenv("SSL_CERT_FILE", str(bundle))  # our short-lived client trusts the CA
     names["media.internal"] = "127.0.0.1"
     names["wrong.internal"] = "127.0.0.1"
