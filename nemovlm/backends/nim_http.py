@@ -74,7 +74,8 @@ _KEEPALIVE = 5.0
 
 @dataclass(frozen=True)
 class Endpoint:
-    """What every request of one backend shares: computed once, not per call."""
+    """Where a backend's whole replies go, with what headers, timeout and retries; made
+    from the backend's settings at each call (a few µs)."""
 
     url: str
     headers: Mapping[str, str] = field(repr=False)  # the key is in them
