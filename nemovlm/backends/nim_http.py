@@ -196,17 +196,13 @@ def post_json(
     )  # fmt: skip
     retries = endpoint.max_retries
     for attempt in range(retries + 1):
-        left = retries - attempt
         try:
             # Redirects as the client follows them, as the SDK sends: its own client
             # follows them (``DefaultHttpxClient``), a user's as they set it.
             response = client.send(request, stream=True)
         except Exception as exc:  # noqa: BLE001 - as the SDK: no answer is its connection error
             # A redirect loop or a user's event hook failing too, not only the transport.
-            if left <= 0:
-                raise _transport_error(exc, endpoint.url) from exc
-            _log_retry(pause := _backoff(retries, left), attempt, retries)
-            time.sleep(pause)
+            time.sleep(_pause_after_failure(exc, endpoint.url, attempt, retries))
             continue
         try:
             if response.status_code < 300:
@@ -222,11 +218,7 @@ def post_json(
             )  # fmt: skip
         finally:
             response.close()
-        wait = _retry_wait(error.response.headers, error.status_code, retries, left)
-        if wait is None:
-            raise error
-        _log_retry(wait, attempt, retries)
-        time.sleep(wait)
+        time.sleep(_pause_after_status(error, attempt, retries))
     raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
 
@@ -253,7 +245,6 @@ async def apost_json(
     )  # fmt: skip
     retries = endpoint.max_retries
     for attempt in range(retries + 1):
-        left = retries - attempt
         try:
             async with pool.session.post(
                 endpoint.url,
@@ -270,16 +261,9 @@ async def apost_json(
                 content = await _aread_error_body(response, reply)
                 error = _status_error(response.status, response.raw_headers, content, endpoint.url)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            if left <= 0:
-                raise _transport_error(exc, endpoint.url) from exc
-            _log_retry(pause := _backoff(retries, left), attempt, retries)
-            await asyncio.sleep(pause)
+            await asyncio.sleep(_pause_after_failure(exc, endpoint.url, attempt, retries))
             continue
-        wait = _retry_wait(error.response.headers, error.status_code, retries, left)
-        if wait is None:
-            raise error
-        _log_retry(wait, attempt, retries)
-        await asyncio.sleep(wait)
+        await asyncio.sleep(_pause_after_status(error, attempt, retries))
     raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
 
@@ -390,9 +374,28 @@ def _transport_error(exc: BaseException, url: str) -> Exception:
     return openai.APIConnectionError(request=request)
 
 
-def _retry_wait(headers: Mapping[str, str], status: int, retries: int, left: int) -> float | None:
+def _pause_after_failure(exc: BaseException, url: str, attempt: int, retries: int) -> float:
+    """Seconds to wait before retrying a request that got no answer; the SDK's error
+    for it when no retry is left. Shared by the sync and async loops."""
+    if attempt >= retries:
+        raise _transport_error(exc, url) from exc
+    return _logged(_backoff(attempt), attempt, retries)
+
+
+def _pause_after_status(error: Any, attempt: int, retries: int) -> float:
+    """Seconds to wait before retrying after a status error; ``error`` itself when the
+    SDK's policy does not retry it or no retry is left."""
+    wait = _retry_wait(error.response.headers, error.status_code, attempt, retries)
+    if wait is None:
+        raise error
+    return _logged(wait, attempt, retries)
+
+
+def _retry_wait(
+    headers: Mapping[str, str], status: int, attempt: int, retries: int
+) -> float | None:
     """Seconds to wait before retrying a status error, or ``None``: do not retry."""
-    if left <= 0:
+    if attempt >= retries:
         return None
     after = _retry_after(headers)
     if after is not None and math.isfinite(after) and after > _MAX_RETRY_AFTER:
@@ -402,7 +405,7 @@ def _retry_wait(headers: Mapping[str, str], status: int, retries: int, left: int
         return None
     if after is not None and math.isfinite(after) and 0 < after <= _MAX_RETRY_AFTER:
         return after
-    return _backoff(retries, left)
+    return _backoff(attempt)
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -422,12 +425,14 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         return None
 
 
-def _backoff(retries: int, left: int) -> float:
-    delay = min(_INITIAL_RETRY_DELAY * 2.0 ** min(retries - left, 1000), _MAX_RETRY_DELAY)
+def _backoff(attempt: int) -> float:
+    """0.5 s doubling with each retry already made, at most 8 s, less up to 25%."""
+    delay = min(_INITIAL_RETRY_DELAY * 2.0 ** min(attempt, 1000), _MAX_RETRY_DELAY)
     return delay * (1 - 0.25 * random.random())  # noqa: S311 - jitter, not a secret
 
 
-def _log_retry(seconds: float, attempt: int, retries: int) -> None:
+def _logged(seconds: float, attempt: int, retries: int) -> float:
     # In openai 3.x's words, on this module's logger (``nemovlm.backends.nim_http``):
     # whole replies are retried here, not by the SDK, so its ``OPENAI_LOG`` shows none.
     log.info("Retrying request in %f seconds (retry %i of %s)", seconds, attempt + 1, retries)
+    return seconds
