@@ -665,6 +665,14 @@ def test_a_request_fal_queues_after_a_sync_timeout_is_cancelled_at_once(
     assert record.cancelled
 
 
+def ack_late(emu: FalEmulator) -> None:
+    """The next submission is queued at once but answered only when the test sets
+    ``late_ack_release`` (``late_ack_queued`` says it was queued)."""
+    emu.state.late_ack_queued.clear()
+    emu.state.late_ack_release.clear()
+    emu.inject_fault("late_ack")
+
+
 def wait_for_request(emu: FalEmulator, done: Callable[[Any], bool]) -> Any:
     """The emulator's one request once ``done(request)`` holds. An event, not a clock:
     the bound only keeps a broken build from hanging."""
@@ -703,9 +711,7 @@ async def test_cancelling_a_fal_call_while_fal_acknowledges_it_cancels_the_queue
 ) -> None:
     # fal queues the request, then its answer to the submission is late: the task is
     # cancelled in between, before the client knows the request id.
-    fal_emu.state.late_ack_queued.clear()
-    fal_emu.state.late_ack_release.clear()
-    fal_emu.inject_fault("late_ack")
+    ack_late(fal_emu)
     task = asyncio.create_task(fal().ainvoke(with_image()))
     assert await asyncio.to_thread(fal_emu.state.late_ack_queued.wait, 60)
     task.cancel()
@@ -722,19 +728,13 @@ async def test_a_request_fal_queues_after_an_async_timeout_is_cancelled_once_fal
 ) -> None:
     # fal queues the request but answers the submission late: the call times out before
     # it knows the request id, and must not leave the request to run.
-    fal_emu.state.late_ack_queued.clear()
-    fal_emu.state.late_ack_release.clear()
-    fal_emu.inject_fault("late_ack")
+    ack_late(fal_emu)
     with pytest.raises(RequestTimeoutError, match="cancelled as soon as fal says so"):
         await fal(timeout=1.2).ainvoke(with_image())
     assert await asyncio.to_thread(fal_emu.state.late_ack_queued.wait, 60)
     fal_emu.state.late_ack_release.set()
-    for _ in range(6000):  # an event, not a clock: the bound only stops a broken build
-        records = list(fal_emu.state.requests.values())
-        if records and records[0].cancelled:
-            break
-        await asyncio.sleep(0.01)
-    [record] = fal_emu.state.requests.values()
+    # Waited for in a thread: the loop must run for the background cancel to happen.
+    record = await asyncio.to_thread(wait_for_request, fal_emu, lambda r: r.cancelled)
     assert record.cancelled
 
 

@@ -440,13 +440,18 @@ def test_credentials_in_headers_are_not_in_debug_logs_of_whole_calls(
     assert hidden_leaks(logged) == []
 
 
-def test_a_server_message_echoing_the_key_is_redacted(nim_url: str) -> None:
-    llm = ChatNemoVLM(
-        model=NANO12, base_url=nim_url, api_key=NIM_KEY, max_retries=0,
-        default_headers={"X-Emulator-Fault": "echo_key"},
+def echoing(base_url: str, **kwargs: Any) -> ChatNemoVLM:
+    """A model whose every call the emulator refuses with a 401 quoting the credential
+    it received (fault ``echo_key``)."""
+    return ChatNemoVLM(
+        model=NANO12, base_url=base_url, max_retries=0,
+        default_headers={"X-Emulator-Fault": "echo_key"}, **kwargs,
     )  # fmt: skip
+
+
+def test_a_server_message_echoing_the_key_is_redacted(nim_url: str) -> None:
     with pytest.raises(RequestError) as info:
-        llm.invoke("hi")
+        echoing(nim_url, api_key=NIM_KEY).invoke("hi")
     error = info.value
     assert error.status_code == 401
     assert "the credential 'Bearer **********' was refused" in str(error)
@@ -456,12 +461,8 @@ def test_a_server_message_echoing_the_key_is_redacted(nim_url: str) -> None:
 async def test_a_server_message_echoing_the_key_to_an_async_call_is_redacted(
     nim_url: str,
 ) -> None:
-    llm = ChatNemoVLM(
-        model=NANO12, base_url=nim_url, api_key=NIM_KEY, max_retries=0,
-        default_headers={"X-Emulator-Fault": "echo_key"},
-    )  # fmt: skip
     with pytest.raises(RequestError) as info:
-        await llm.ainvoke("hi")
+        await echoing(nim_url, api_key=NIM_KEY).ainvoke("hi")
     assert "the credential 'Bearer **********' was refused" in str(info.value)
     assert leaks(everything_about(info.value)) == []
 
@@ -470,11 +471,7 @@ async def test_credentials_in_the_base_url_reach_the_server_of_an_async_call_as_
     nim_url: str,
 ) -> None:
     # As the SDK's httpx client does: URL credentials replace the bearer key.
-    url = nim_url.replace("http://", f"http://user:{URL_PASSWORD}@")
-    llm = ChatNemoVLM(
-        model=NANO12, base_url=url, api_key=NIM_KEY, max_retries=0,
-        default_headers={"X-Emulator-Fault": "echo_key"},
-    )  # fmt: skip
+    llm = echoing(nim_url.replace("http://", f"http://user:{URL_PASSWORD}@"), api_key=NIM_KEY)
     with pytest.raises(RequestError) as info:
         await llm.ainvoke("hi")
     assert "the credential 'Basic **********' was refused" in str(info.value)
@@ -587,10 +584,7 @@ async def test_a_token_given_as_the_user_name_of_base_url_is_kept_out_of_errors(
 ) -> None:
     # ``https://TOKEN@host``: sent as Basic auth with an empty password, echoed back.
     token = "tok" + URL_PASSWORD
-    llm = ChatNemoVLM(
-        model=NANO12, base_url=nim_url.replace("http://", f"http://{token}@"), max_retries=0,
-        default_headers={"X-Emulator-Fault": "echo_key"},
-    )  # fmt: skip
+    llm = echoing(nim_url.replace("http://", f"http://{token}@"))
     with pytest.raises(RequestError) as info:
         await llm.ainvoke("hi")
     assert "the credential 'Basic **********' was refused" in str(info.value)
