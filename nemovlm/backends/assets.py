@@ -109,6 +109,16 @@ def _headers(ids: list[str]) -> dict[str, str]:
     return {ASSET_REFERENCES_HEADER: ",".join(ids)} if ids else {}
 
 
+def _with_assets(
+    prepared: PreparedConversation, plan: MediaPlan, created: dict[Hashable, str]
+) -> tuple[PreparedConversation, dict[str, str]]:
+    """The conversation with each uploaded medium as its asset, and the header that
+    names the assets; the same for sync and async calls."""
+    swap = {k: _asset_media(plan.uploads[k], i) for k, i in created.items()}
+    out = replace(prepared, turns=with_media(plan.turns, plan.keys, swap))
+    return out, _headers(list(created.values()))
+
+
 # --- sync --------------------------------------------------------------------------
 
 
@@ -135,10 +145,8 @@ def hosted_call(
         if plan.uploads:
             headers = call.auth
             _upload_all(client, call, plan, headers, created)
-        swap = {k: _asset_media(plan.uploads[k], i) for k, i in created.items()}
-        out = replace(prepared, turns=with_media(plan.turns, plan.keys, swap))
         try:
-            yield out, _headers(list(created.values()))
+            yield _with_assets(prepared, plan, created)
         except RequestError as exc:
             raise _hosted_error(exc, settings, plan, profile) from exc
     except BaseException as exc:
@@ -267,10 +275,8 @@ async def ahosted_call(
 
             uploads = [asyncio.ensure_future(one(k, m)) for k, m in plan.uploads.items()]
             await asyncio.gather(*uploads)
-        swap = {k: _asset_media(plan.uploads[k], i) for k, i in created.items()}
-        out = replace(prepared, turns=with_media(plan.turns, plan.keys, swap))
         try:
-            yield out, _headers(list(created.values()))
+            yield _with_assets(prepared, plan, created)
         except RequestError as exc:
             raise _hosted_error(exc, settings, plan, profile) from exc
     except BaseException as exc:
